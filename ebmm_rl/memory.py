@@ -1,0 +1,489 @@
+"""EBMMemory: the meta-learned write and read rules of EBMM (paper §3, App. B, App. D).
+
+Shapes: ``B`` episodes (independent memories), ``N`` patterns written per episode, ``M`` queries read per
+episode, ``D...`` the pattern shape of the energy network (``(128,)``, ``(1, 32, 32)``, ...).
+
+* ``write(patterns [B, N, D...], state=None) -> MemoryState``: ``T`` gradient steps (eq. 4) on the writing loss
+  ``W = E + α‖∇ₓE‖² + β‖θ − θ̄‖²`` over the writable weights only. Passing ``state`` continues from it, which is
+  chunked online writing.
+* ``read(queries [B, M, D...], state, known_mask=None) -> ReadResult``: ``K`` projected gradient steps with
+  Nesterov momentum on the energy (App. B.1–B.3).
+* ``meta_loss(patterns, result)``: the step-wise reconstruction loss over all ``K`` iterates (App. B.4).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ebmm_rl.layers import EnergyNet
+
+WRITE_TERMS = ("energy", "grad_norm", "prior")
+"""The three terms of the writing loss, each with its own learned learning rate per layer and step."""
+
+
+def _inverse_softplus(y: float) -> float:
+    return y + math.log(-math.expm1(-y))
+
+
+def _logit(p: float) -> float:
+    return math.log(p) - math.log1p(-p)
+
+
+@dataclass(frozen=True)
+class EBMMConfig:
+    """Hyper-parameters of the write and read rules and the initial values of their meta-parameters.
+
+    Attributes:
+        write_steps: ``T``, gradient steps per write (per chunk when writing online).
+        read_steps: ``K``, projected gradient steps per read.
+        data_range: the box that reading projects onto: ``(0, 1)`` for images, ``(-1, 1)`` for bits.
+        write_lr_init: initial learning rate of every (step, layer, loss term) of the write rule (App. D: 1e-4).
+        alpha_init: initial weight ``α`` of ``‖∇ₓE‖²`` in the writing loss.
+        beta_init: initial weight ``β`` of ``‖θ − θ̄‖²``.
+        use_grad_norm_term: include ``α‖∇ₓE‖²`` in the writing loss (App. D: it helps; it costs one extra
+            double-backward pass per write step).
+        max_prior_step: stability guard: the shrink factor ``2·η_β·β`` that the prior term applies to
+            ``θ − θ̄`` in one write step is capped here (it must stay below 1, or the step overshoots θ̄ and
+            writing diverges; DESIGN.md). ``tanh`` keeps the cap smooth.
+        read_step_init: initial first read step size ``γ⁽¹⁾``.
+        read_step_max: stability guard: ``γ⁽¹⁾ = read_step_max · σ(·)`` never exceeds this.
+        read_decay_init: initial ``σ(η⁽ᵏ⁾)``, the factor between consecutive step sizes (App. B.3).
+        momentum_init: initial ``ψ⁽¹⁾``.
+        momentum_decay_init: initial factor between consecutive momenta (``ψ`` is parametrised like ``γ``).
+    """
+
+    write_steps: int = 5
+    read_steps: int = 5
+    data_range: tuple[float, float] = (0.0, 1.0)
+    write_lr_init: float = 1e-4
+    alpha_init: float = 1.0
+    beta_init: float = 1.0
+    use_grad_norm_term: bool = True
+    max_prior_step: float = 0.5
+    read_step_init: float = 0.5
+    read_step_max: float = 10.0
+    read_decay_init: float = 0.9
+    momentum_init: float = 0.5
+    momentum_decay_init: float = 0.9
+
+    def __post_init__(self) -> None:
+        lo, hi = self.data_range
+        checks = [
+            (self.write_steps >= 1, f"write_steps must be >= 1, got {self.write_steps}"),
+            (self.read_steps >= 1, f"read_steps must be >= 1, got {self.read_steps}"),
+            (lo < hi, f"data_range must be (low, high) with low < high, got {self.data_range}"),
+            (self.write_lr_init > 0, "write_lr_init must be > 0"),
+            (self.alpha_init > 0 and self.beta_init > 0, "alpha_init and beta_init must be > 0"),
+            (0 < self.max_prior_step < 1, "max_prior_step must lie in (0, 1)"),
+            (0 < self.read_step_init < self.read_step_max, "need 0 < read_step_init < read_step_max"),
+            (0 < self.read_decay_init < 1, "read_decay_init must lie in (0, 1)"),
+            (0 < self.momentum_init < 1, "momentum_init must lie in (0, 1)"),
+            (0 < self.momentum_decay_init < 1, "momentum_decay_init must lie in (0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"EBMMConfig: {message}")
+
+
+@dataclass
+class MemoryState:
+    """The written memory: fast weights of ``B`` independent episodes.
+
+    Attributes:
+        fast_weights: writable weights by name (``"memory.weight"``), each ``[B, *parameter_shape]``.
+        num_written: ``[B]`` number of patterns written so far into each episode's memory.
+    """
+
+    fast_weights: dict[str, Tensor]
+    num_written: Tensor
+
+    @property
+    def batch_size(self) -> int:
+        """``B``, the number of episodes."""
+        return self.num_written.shape[0]
+
+    def detach(self) -> MemoryState:
+        """A copy cut from the autograd graph (truncated backpropagation across chunks)."""
+        return MemoryState({n: w.detach() for n, w in self.fast_weights.items()}, self.num_written.detach())
+
+    def flatten(self) -> Tensor:
+        """All fast weights of each episode as one vector: ``[B, memory_size]``."""
+        return torch.cat([w.reshape(self.batch_size, -1) for w in self.fast_weights.values()], dim=1)
+
+
+@dataclass
+class ReadResult:
+    """What a read returns.
+
+    Attributes:
+        iterates: ``[K + 1, B, M, D...]``: ``x⁽⁰⁾`` (the projected query) and every read iterate ``x⁽ᵏ⁾``;
+            ``iterates[-1]`` is the retrieved pattern.
+        energies: ``[K + 1, B, M]``: the energy of each iterate, or ``None`` if not asked for.
+    """
+
+    iterates: Tensor
+    energies: Tensor | None = None
+
+    @property
+    def retrieved(self) -> Tensor:
+        """``[B, M, D...]``, the last iterate."""
+        return self.iterates[-1]
+
+
+@dataclass
+class MetaOutput:
+    """What one write + read + meta-loss pass returns (``EBMMemory.forward``).
+
+    Attributes:
+        loss: scalar step-wise reconstruction loss (App. B.4).
+        errors: ``[K]`` mean squared reconstruction error of each read iterate (detached).
+        read: the :class:`ReadResult`.
+        state: the written :class:`MemoryState`.
+    """
+
+    loss: Tensor
+    errors: Tensor
+    read: ReadResult
+    state: MemoryState = field(repr=False)
+
+
+class EBMMemory(nn.Module):
+    """Meta-learned energy-based memory (EBMM).
+
+    Meta-parameters (all learned by :meth:`meta_loss`): ``θ̄`` (the energy network's writable weights, whose
+    values are the initial fast weights) and its static weights; write learning rates ``η[t, layer, term]``
+    (softplus, one per write step, writable layer and loss term, App. D); ``α`` and ``β`` (softplus); the read
+    step sizes ``γ⁽ᵏ⁾ = γ⁽ᵏ⁻¹⁾σ(η⁽ᵏ⁾)`` and momenta ``ψ⁽ᵏ⁾ = ψ⁽ᵏ⁻¹⁾σ(·)`` (App. B.3).
+
+    Choices where the paper is ambiguous:
+
+    * Write learning rates are per write step ``t`` as in eq. 4 (``η⁽ᵗ⁾``) *and* per layer and loss term as in
+      App. D. Chunked writing reuses the same ``T`` rates for every chunk.
+    * The write step averages ``∇_θ W`` over the episode's patterns (eq. 4's ``1/N Σ``), so the step does not
+      grow with ``N``; in chunked writing the average is over the chunk.
+    * App. B.2 writes ``x⁽ᵏ⁾ = project(v⁽ᵏ⁾)``, which would drop ``x⁽ᵏ⁻¹⁾``; we read it as the usual Nesterov
+      update ``x⁽ᵏ⁾ = project(x⁽ᵏ⁻¹⁾ + v⁽ᵏ⁾)``, with ``v⁽⁰⁾ = 0``.
+    * ``ψ⁽¹⁾ = σ(·)`` and ``γ⁽¹⁾ = read_step_max · σ(·)``: both bounded (a stability guard, DESIGN.md).
+    * Known (clamped) dimensions get zero gradient and are reset to the query after each projection, so they
+      never change.
+
+    Args:
+        energy: the energy network (its ``memory_layers()`` define what is written).
+        config: write/read hyper-parameters.
+    """
+
+    def __init__(self, energy: EnergyNet, config: EBMMConfig = EBMMConfig()) -> None:
+        super().__init__()
+        self.energy = energy
+        self.config = config
+        self.layer_names = list(energy.memory_layers())
+        if not self.layer_names:
+            raise ValueError(f"{type(energy).__name__} has no writable (MemoryLayer) layers: nothing to write")
+        self.data_shape = tuple(energy.data_shape)
+        T, L, K = config.write_steps, len(self.layer_names), config.read_steps
+        self.write_lr_raw = nn.Parameter(torch.full((T, L, len(WRITE_TERMS)), _inverse_softplus(config.write_lr_init)))
+        self.alpha_raw = nn.Parameter(torch.tensor(_inverse_softplus(config.alpha_init)))
+        self.beta_raw = nn.Parameter(torch.tensor(_inverse_softplus(config.beta_init)))
+        self.read_step_raw = nn.Parameter(torch.tensor(_logit(config.read_step_init / config.read_step_max)))
+        self.read_decay_raw = nn.Parameter(torch.full((K - 1,), _logit(config.read_decay_init)))
+        self.momentum_raw = nn.Parameter(torch.tensor(_logit(config.momentum_init)))
+        self.momentum_decay_raw = nn.Parameter(torch.full((K - 1,), _logit(config.momentum_decay_init)))
+
+    # ----------------------------------------------------------------------------------------------- schedules
+    @property
+    def write_lrs(self) -> Tensor:
+        """``[T, L, 3]`` write learning rates ``η[t, layer, term]``; terms in :data:`WRITE_TERMS` order."""
+        return F.softplus(self.write_lr_raw)
+
+    @property
+    def alpha(self) -> Tensor:
+        """Weight of ``‖∇ₓE‖²`` in the writing loss."""
+        return F.softplus(self.alpha_raw)
+
+    @property
+    def beta(self) -> Tensor:
+        """Weight of ``‖θ − θ̄‖²`` in the writing loss."""
+        return F.softplus(self.beta_raw)
+
+    @property
+    def read_step_sizes(self) -> Tensor:
+        """``[K]`` non-increasing read step sizes ``γ⁽ᵏ⁾``."""
+        first = self.config.read_step_max * torch.sigmoid(self.read_step_raw)
+        return _cumulative_decay(first, self.read_decay_raw)
+
+    @property
+    def momenta(self) -> Tensor:
+        """``[K]`` non-increasing Nesterov momenta ``ψ⁽ᵏ⁾``."""
+        return _cumulative_decay(torch.sigmoid(self.momentum_raw), self.momentum_decay_raw)
+
+    def schedule_parameters(self) -> list[nn.Parameter]:
+        """Step sizes, momenta and loss weights (the optimiser may give them their own learning rate)."""
+        return [
+            self.write_lr_raw,
+            self.alpha_raw,
+            self.beta_raw,
+            self.read_step_raw,
+            self.read_decay_raw,
+            self.momentum_raw,
+            self.momentum_decay_raw,
+        ]
+
+    @property
+    def memory_size(self) -> int:
+        """Number of writable float32 values per episode (the paper's memory size)."""
+        return self.energy.memory_size
+
+    # -------------------------------------------------------------------------------------------- write / read
+    def initial_state(self, batch_size: int) -> MemoryState:
+        """``θ̄`` for ``batch_size`` episodes (a view: gradients flow back to ``θ̄``)."""
+        fast = {n: p.unsqueeze(0).expand(batch_size, *p.shape) for n, p in self.energy.memory_parameters().items()}
+        device = next(iter(fast.values())).device
+        return MemoryState(fast, torch.zeros(batch_size, dtype=torch.long, device=device))
+
+    def write(
+        self,
+        patterns: Tensor,
+        state: MemoryState | None = None,
+        pattern_mask: Tensor | None = None,
+        create_graph: bool | None = None,
+    ) -> MemoryState:
+        """Store ``patterns`` by ``T`` gradient steps on the writing loss (eq. 3, 4).
+
+        Args:
+            patterns: ``[B, N, D...]`` patterns to store, inside ``config.data_range``.
+            state: memory to continue writing into (chunked online writing); ``None`` starts from ``θ̄``.
+            pattern_mask: optional ``[B, N]`` bool; ``False`` entries are padding and are not written.
+            create_graph: keep the graph for meta-gradients. Default: ``torch.is_grad_enabled()``.
+
+        Returns:
+            The new :class:`MemoryState`.
+        """
+        self._check_patterns(patterns, "patterns")
+        B, N = patterns.shape[:2]
+        if state is not None and state.batch_size != B:
+            raise ValueError(f"state holds {state.batch_size} episodes but patterns have B={B}; they must match")
+        weights = _pattern_weights(pattern_mask, B, N, patterns.device, patterns.dtype)  # [B, N], rows sum to 1
+        create_graph = torch.is_grad_enabled() if create_graph is None else create_graph
+
+        with torch.set_grad_enabled(create_graph):  # the schedules and θ̄ enter the graph only when it is kept
+            if state is None:
+                state = self.initial_state(B)
+            theta_bar = self.energy.memory_parameters()
+            lrs, alpha, beta = self.write_lrs, self.alpha, self.beta
+        names = list(theta_bar)
+        layer_of = [self.layer_names.index(n.rsplit(".", 1)[0]) for n in names]
+        fast = dict(state.fast_weights)
+        with torch.enable_grad():
+            for t in range(self.config.write_steps):
+                if not create_graph:
+                    fast = {n: w.detach().requires_grad_(True) for n, w in fast.items()}
+                else:  # a detached starting state (e.g. stored by an RL rollout) still needs ∇_θ
+                    fast = {n: w if w.requires_grad else w.detach().requires_grad_(True) for n, w in fast.items()}
+                # A fresh node per step, so that ∇ₓE below is the partial derivative at fixed θ: the fast weights
+                # themselves depend on the patterns through earlier steps, and differentiating through that history
+                # would be wrong (and cost grows with every step).
+                x = patterns.view_as(patterns) if patterns.requires_grad else patterns.detach().requires_grad_(True)
+                grads_e, grads_g = self._writing_loss_grads(x, fast, names, weights, alpha, create_graph)
+                new_fast = {}
+                for i, n in enumerate(names):
+                    lr_e, lr_g, lr_p = lrs[t, layer_of[i]]
+                    shrink = self.config.max_prior_step * torch.tanh(2 * lr_p * beta / self.config.max_prior_step)
+                    update = lr_e * grads_e[i] + shrink * (fast[n] - theta_bar[n])
+                    if grads_g is not None:
+                        update = update + lr_g * grads_g[i]
+                    new_fast[n] = fast[n] - update
+                fast = new_fast
+        if not create_graph:
+            fast = {n: w.detach() for n, w in fast.items()}
+        count = (weights > 0).sum(dim=1) if pattern_mask is not None else torch.full_like(state.num_written, N)
+        return MemoryState(fast, state.num_written + count)
+
+    def _writing_loss_grads(
+        self,
+        x: Tensor,
+        fast: dict[str, Tensor],
+        names: list[str],
+        weights: Tensor,
+        alpha: Tensor,
+        create_graph: bool,
+    ) -> tuple[list[Tensor], list[Tensor] | None]:
+        """Gradients w.r.t. the fast weights of the energy term and of the ``α‖∇ₓE‖²`` term.
+
+        Both are averaged over each episode's patterns. (The prior term's gradient, ``2β(θ − θ̄)``, is analytic.)
+        """
+        energies = self.energy(x, fast)  # [B, N]
+        params = [fast[n] for n in names]
+        if not self.config.use_grad_norm_term:
+            grads_e = torch.autograd.grad(energies, params, grad_outputs=weights, create_graph=create_graph)
+            return list(grads_e), None
+        # One backward gives ∇ₓE per pattern (unweighted: each E[b, n] depends on x[b, n] only) and ∇_θ of the
+        # weighted energy; the grad-norm term needs ∇ₓE as a differentiable function of θ, hence create_graph.
+        grad_outputs = weights * (weights > 0).sum(dim=1, keepdim=True).clamp(min=1)  # 1 on real patterns
+        gx, *grads_e = torch.autograd.grad(energies, [x, *params], grad_outputs=grad_outputs, create_graph=True)
+        per_pattern = gx.pow(2).flatten(2).sum(dim=2)  # [B, N] ‖∇ₓE‖²
+        counts = (weights > 0).sum(dim=1).clamp(min=1).to(x.dtype)  # [B]
+        grads_e = [g / counts.view(-1, *[1] * (g.dim() - 1)) for g in grads_e]
+        grad_norm_term = alpha * (per_pattern * weights).sum()
+        grads_g = torch.autograd.grad(grad_norm_term, params, create_graph=create_graph)
+        if not create_graph:
+            grads_e = [g.detach() for g in grads_e]
+        return grads_e, list(grads_g)
+
+    def read(
+        self,
+        queries: Tensor,
+        state: MemoryState,
+        known_mask: Tensor | None = None,
+        create_graph: bool | None = None,
+        compute_energies: bool = False,
+    ) -> ReadResult:
+        """Retrieve stored patterns from distorted queries by ``K`` projected Nesterov gradient steps.
+
+        ``x̂⁽ᵏ⁾ = P(x⁽ᵏ⁻¹⁾ + ψ⁽ᵏ⁾v⁽ᵏ⁻¹⁾)``, ``v⁽ᵏ⁾ = ψ⁽ᵏ⁾v⁽ᵏ⁻¹⁾ − γ⁽ᵏ⁾∇ₓE(x̂⁽ᵏ⁾)``, ``x⁽ᵏ⁾ = P(x⁽ᵏ⁻¹⁾ + v⁽ᵏ⁾)``
+        where ``P`` clips to ``config.data_range`` and resets known dimensions to the query.
+
+        Args:
+            queries: ``[B, M, D...]`` distorted patterns, inside ``config.data_range``.
+            state: the written memory (``B`` episodes).
+            known_mask: optional bool ``[B, M, D...]`` (or broadcastable to it); ``True`` dimensions are known
+                to be correct and stay clamped to the query.
+            create_graph: keep the graph for meta-gradients. Default: ``torch.is_grad_enabled()``.
+            compute_energies: also return ``E(x⁽ᵏ⁾)`` for every iterate (one extra batched forward pass).
+
+        Returns:
+            A :class:`ReadResult` with all ``K + 1`` iterates.
+        """
+        self._check_patterns(queries, "queries")
+        if state.batch_size != queries.shape[0]:
+            raise ValueError(
+                f"state holds {state.batch_size} episodes but queries have B={queries.shape[0]}; they must match"
+            )
+        create_graph = torch.is_grad_enabled() if create_graph is None else create_graph
+        free = None
+        if known_mask is not None:
+            if known_mask.dtype != torch.bool:
+                raise ValueError(f"known_mask must be a bool tensor, got dtype {known_mask.dtype}")
+            try:
+                known_mask = known_mask.expand_as(queries)
+            except RuntimeError:
+                raise ValueError(
+                    f"known_mask of shape {tuple(known_mask.shape)} does not broadcast to queries "
+                    f"{tuple(queries.shape)}"
+                ) from None
+            free = (~known_mask).to(queries.dtype)
+        fast = state.fast_weights if create_graph else {n: w.detach() for n, w in state.fast_weights.items()}
+        lo, hi = self.config.data_range
+
+        def project(x: Tensor) -> Tensor:
+            x = x.clamp(lo, hi)
+            return x if known_mask is None else torch.where(known_mask, queries, x)
+
+        gammas, psis = self.read_step_sizes, self.momenta
+        x = project(queries)
+        iterates = [x]
+        velocity = torch.zeros_like(x)
+        with torch.enable_grad():
+            for k in range(self.config.read_steps):
+                x_hat = project(x + psis[k] * velocity)
+                if not x_hat.requires_grad:
+                    x_hat = x_hat.requires_grad_(True)
+                (grad,) = torch.autograd.grad(self.energy(x_hat, fast).sum(), x_hat, create_graph=create_graph)
+                if free is not None:
+                    grad = grad * free
+                velocity = psis[k] * velocity - gammas[k] * grad
+                x = project(x + velocity)
+                if not create_graph:
+                    x, velocity = x.detach(), velocity.detach()
+                iterates.append(x)
+        stacked = torch.stack(iterates)  # [K+1, B, M, D...]
+        energies = self.energies(stacked, state) if compute_energies else None
+        return ReadResult(stacked, energies)
+
+    def energies(self, x: Tensor, state: MemoryState) -> Tensor:
+        """Energies of ``x: [S, B, M, D...]`` (any leading stack ``S``) under ``state``: ``[S, B, M]``."""
+        S, B, M = x.shape[:3]
+        flat = x.transpose(0, 1).reshape(B, S * M, *self.data_shape)  # [B, S*M, D...]
+        return self.energy(flat, state.fast_weights).reshape(B, S, M).transpose(0, 1)
+
+    # ---------------------------------------------------------------------------------------------- meta-loss
+    def meta_loss(self, patterns: Tensor, result: ReadResult) -> tuple[Tensor, Tensor]:
+        """Step-wise reconstruction loss ``Σₖ mean_{b,n} ‖x − x⁽ᵏ⁾‖²`` over iterates ``k = 1..K`` (App. B.4).
+
+        Args:
+            patterns: ``[B, M, D...]`` the originals of the queries that were read.
+            result: the read result.
+
+        Returns:
+            ``(loss, errors)``: the scalar loss and the detached ``[K]`` error of each iterate.
+        """
+        if patterns.shape != result.retrieved.shape:
+            raise ValueError(
+                f"patterns {tuple(patterns.shape)} must have the shape of the queries that were read "
+                f"{tuple(result.retrieved.shape)}"
+            )
+        sq = (result.iterates[1:] - patterns.unsqueeze(0)).pow(2).flatten(3).sum(dim=3)  # [K, B, M]
+        errors = sq.mean(dim=(1, 2))  # [K]
+        return errors.sum(), errors.detach()
+
+    def forward(self, patterns: Tensor, queries: Tensor, known_mask: Tensor | None = None) -> MetaOutput:
+        """Write ``patterns``, read ``queries`` (their distorted versions, same order), return the meta-loss.
+
+        Args:
+            patterns: ``[B, N, D...]``.
+            queries: ``[B, N, D...]`` distorted ``patterns``.
+            known_mask: optional bool mask of query dimensions that are known (clamped).
+        """
+        state = self.write(patterns)
+        result = self.read(queries, state, known_mask)
+        loss, errors = self.meta_loss(patterns, result)
+        return MetaOutput(loss, errors, result, state)
+
+    # ------------------------------------------------------------------------------------------------- checks
+    def _check_patterns(self, x: Tensor, name: str) -> None:
+        expected = f"[B, N, {', '.join(map(str, self.data_shape))}]"
+        if not isinstance(x, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor of shape {expected}, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor (e.g. x.float()), got dtype {x.dtype}")
+        if x.dim() != 2 + len(self.data_shape) or tuple(x.shape[2:]) != self.data_shape:
+            raise ValueError(f"{name} must have shape {expected} (episodes, patterns, pattern), got {tuple(x.shape)}")
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): need at least one episode and one pattern")
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{name} contains NaN or inf values")
+        lo, hi = self.config.data_range
+        tol = 1e-5 * (hi - lo)
+        if x.min() < lo - tol or x.max() > hi + tol:
+            raise ValueError(
+                f"{name} values must lie in data_range {self.config.data_range}, got [{x.min().item():.4g}, "
+                f"{x.max().item():.4g}]; rescale the data or set EBMMConfig.data_range"
+            )
+
+
+def _cumulative_decay(first: Tensor, decay_logits: Tensor) -> Tensor:
+    """``[first, first·σ(l₁), first·σ(l₁)σ(l₂), ...]``: a non-increasing positive sequence."""
+    factors = torch.cat([first.reshape(1), torch.sigmoid(decay_logits)])
+    return torch.cumprod(factors, dim=0)
+
+
+def _pattern_weights(mask: Tensor | None, B: int, N: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``[B, N]`` averaging weights over each episode's real patterns (rows sum to 1, or 0 if none are real)."""
+    if mask is None:
+        return torch.full((B, N), 1.0 / N, device=device, dtype=dtype)
+    if mask.shape != (B, N) or mask.dtype != torch.bool:
+        raise ValueError(
+            f"pattern_mask must be a bool tensor of shape [B, N] = [{B}, {N}], got {mask.dtype} {tuple(mask.shape)}"
+        )
+    m = mask.to(dtype)
+    return m / m.sum(dim=1, keepdim=True).clamp(min=1)
+
+
+def per_episode(fn: Callable[[int], Tensor], batch_size: int) -> Tensor:
+    """Reference path: run ``fn(b)`` for each episode ``b`` and concatenate the ``[1, ...]`` results."""
+    return torch.cat([fn(b) for b in range(batch_size)], dim=0)

@@ -1,0 +1,311 @@
+"""Meta-training of an :class:`EBMMemory` (paper eq. 5): a reusable trainer with guards and checkpoints.
+
+The trainer samples a batch ``(patterns, queries, known_mask)`` from a user sampler driven by its own
+``torch.Generator`` (so a resumed run draws exactly the batches an uninterrupted one would), writes and reads
+it, and takes an AdamW step on the step-wise reconstruction loss.
+
+Divergence guards (DESIGN.md: the binary model diverged without them): a step whose loss or gradient norm is
+non-finite, or whose gradient norm exceeds ``skip_grad_norm``, is skipped and counted (TensorBoard
+``meta/skipped_steps``); after ``max_consecutive_skips`` skips in a row training stops with
+:class:`TrainingDiverged`. The write and read step sizes are bounded inside :class:`EBMMemory`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ebmm_rl.checkpoint import load_checkpoint, memory_spec, save_atomic
+from ebmm_rl.memory import WRITE_TERMS, EBMMemory
+
+Batch = tuple[Tensor, Tensor, "Tensor | None"]
+"""``(patterns [B, N, D...], queries [B, N, D...], known_mask [B, N, D...] or None)``."""
+Sampler = Callable[[torch.Generator], Batch]
+"""Draws one meta-training batch using only the given generator (on the trainer's device)."""
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised when too many consecutive meta-steps had non-finite or huge gradients."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Meta-training settings (defaults: the paper's App. A).
+
+    Attributes:
+        steps: total meta-steps (a resumed run continues up to this number).
+        lr: AdamW learning rate of the network weights (paper: 5e-5).
+        schedule_lr: learning rate of step sizes, momenta and loss weights; ``None`` means ``lr``.
+        weight_decay: AdamW weight decay (paper: 1e-6), applied to the network weights only.
+        grad_clip: global gradient-norm clipping (paper: 0.05).
+        skip_grad_norm: skip a step whose gradient norm (before clipping) exceeds this.
+        max_consecutive_skips: stop with :class:`TrainingDiverged` after this many skipped steps in a row.
+        log_every: steps between TensorBoard scalars.
+        checkpoint_every: steps between checkpoints (one is always written at the end).
+        eval_every: steps between calls of the ``evaluate`` callback (0: never during training).
+        seed: seed of the batch generator and of the weights' initialisation.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        progress: show a progress bar.
+    """
+
+    steps: int = 10_000
+    lr: float = 5e-5
+    schedule_lr: float | None = None
+    weight_decay: float = 1e-6
+    grad_clip: float = 0.05
+    skip_grad_norm: float = 1e4
+    max_consecutive_skips: int = 100
+    log_every: int = 10
+    checkpoint_every: int = 200
+    eval_every: int = 0
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.lr <= 0 or self.grad_clip <= 0 or self.log_every < 1 or self.checkpoint_every < 1:
+            raise ValueError(
+                "TrainConfig: need steps >= 0, lr > 0, grad_clip > 0, log_every >= 1, checkpoint_every >= 1"
+            )
+
+
+@dataclass
+class StepStats:
+    """What one meta-step did."""
+
+    step: int
+    loss: float
+    errors: list[float]
+    grad_norm: float
+    skipped: bool
+    episodes: int
+
+
+class MetaTrainer:
+    """Meta-trains an :class:`EBMMemory` on batches from ``sample_batch``.
+
+    Args:
+        memory: the memory to train (moved to ``config.device``).
+        sample_batch: draws a batch from a ``torch.Generator``.
+        config: training settings.
+        run_dir: folder for TensorBoard events and ``checkpoint.pt``; ``None`` logs and saves nothing.
+        hparams: extra values logged as a text table and stored in checkpoints (e.g. the script's arguments).
+        evaluate: optional ``evaluate(memory) -> {name: value}``, run every ``eval_every`` steps and at the end.
+    """
+
+    def __init__(
+        self,
+        memory: EBMMemory,
+        sample_batch: Sampler,
+        config: TrainConfig = TrainConfig(),
+        run_dir: str | Path | None = None,
+        hparams: dict[str, Any] | None = None,
+        evaluate: Callable[[EBMMemory], dict[str, float]] | None = None,
+    ) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        self.memory = memory.to(self.device)
+        self.sample_batch = sample_batch
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.hparams = dict(hparams or {})
+        self.evaluate = evaluate
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        schedule = {id(p) for p in memory.schedule_parameters()}
+        weights = [p for p in memory.parameters() if id(p) not in schedule]
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": weights, "lr": config.lr, "weight_decay": config.weight_decay, "name": "weights"},
+                {
+                    "params": memory.schedule_parameters(),
+                    "lr": config.schedule_lr or config.lr,
+                    "weight_decay": 0.0,
+                    "name": "schedules",
+                },
+            ]
+        )
+        self.step = 0
+        self.skipped_total = 0
+        self.consecutive_skips = 0
+        self._writer = None
+
+    # -------------------------------------------------------------------------------------------- checkpoints
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """``run_dir/checkpoint.pt``, or ``None`` without a run folder."""
+        return None if self.run_dir is None else self.run_dir / CHECKPOINT_NAME
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue training exactly where it stopped."""
+        return {
+            "memory_spec": memory_spec(self.memory),
+            "model": self.memory.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "skipped_total": self.skipped_total,
+            "generator": self.generator.get_state(),
+            "train_config": dataclasses.asdict(self.config),
+            "hparams": _plain(self.hparams),
+        }
+
+    def save_checkpoint(self, path: str | Path | None = None) -> Path:
+        """Write a checkpoint atomically (default: ``run_dir/checkpoint.pt``)."""
+        path = Path(path) if path is not None else self.checkpoint_path
+        if path is None:
+            raise ValueError("no checkpoint path: give run_dir to the trainer or a path here")
+        save_atomic(self.state_dict(), path)
+        return path
+
+    def load_checkpoint(self, path: str | Path | None = None) -> None:
+        """Restore model, optimiser, step counter and batch generator from a checkpoint."""
+        path = Path(path) if path is not None else self.checkpoint_path
+        ckpt = load_checkpoint(path, map_location=self.device)
+        self.memory.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.step = int(ckpt["step"])
+        self.skipped_total = int(ckpt["skipped_total"])
+        self.generator.set_state(ckpt["generator"].cpu() if self.device.type == "cpu" else ckpt["generator"])
+
+    # ---------------------------------------------------------------------------------------------- training
+    def train_step(self) -> StepStats:
+        """One meta-step: sample, write, read, backpropagate, guard, update."""
+        self.memory.train()
+        patterns, queries, known_mask = self.sample_batch(self.generator)
+        out = self.memory(patterns, queries, known_mask)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = out.loss
+        grad_norm = math.nan
+        skipped = not torch.isfinite(loss)
+        if not skipped:
+            loss.backward()
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip))
+            skipped = not math.isfinite(grad_norm) or grad_norm > self.config.skip_grad_norm
+        if skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_total += 1
+            self.consecutive_skips += 1
+            if self.consecutive_skips >= self.config.max_consecutive_skips:
+                raise TrainingDiverged(
+                    f"meta-training diverged: {self.consecutive_skips} consecutive steps had a non-finite loss or "
+                    f"a gradient norm above {self.config.skip_grad_norm:g} (last: loss {loss.item():.4g}, "
+                    f"grad norm {grad_norm:.4g}) at step {self.step}. Lower the learning rates (lr, "
+                    f"schedule_lr) or the step-size bounds (EBMMConfig.read_step_max, max_prior_step), or "
+                    f"resume from an earlier checkpoint."
+                )
+        else:
+            self.optimizer.step()
+            self.consecutive_skips = 0
+        self.step += 1
+        return StepStats(self.step, float(loss.detach()), out.errors.tolist(), grad_norm, skipped, patterns.shape[0])
+
+    def train(self, resume: bool = False) -> dict[str, float]:
+        """Train up to ``config.steps`` meta-steps; with ``resume``, continue from ``run_dir/checkpoint.pt``.
+
+        Returns:
+            The last evaluation (or the last step's loss when there is no ``evaluate`` callback).
+        """
+        if resume:
+            if self.checkpoint_path is None or not self.checkpoint_path.exists():
+                raise FileNotFoundError(f"cannot resume: no checkpoint at {self.checkpoint_path}")
+            self.load_checkpoint()
+        writer = self._tensorboard()
+        cfg = self.config
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, desc="meta-train", unit="step")
+        last: dict[str, float] = {}
+        episodes, window_start = 0, time.perf_counter()
+        try:
+            while self.step < cfg.steps:
+                stats = self.train_step()
+                episodes += stats.episodes
+                bar.update(1)
+                if stats.skipped:
+                    bar.write(f"step {stats.step}: skipped (loss {stats.loss:.4g}, grad norm {stats.grad_norm:.4g})")
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    rate = episodes / max(time.perf_counter() - window_start, 1e-9)
+                    episodes, window_start = 0, time.perf_counter()
+                    bar.set_postfix(
+                        loss=f"{stats.loss:.3f}", err=f"{stats.errors[-1]:.3f}", gnorm=f"{stats.grad_norm:.2g}"
+                    )
+                    if writer is not None:
+                        self._log_scalars(writer, stats, rate)
+                    last = {"loss": stats.loss}
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.evaluate is not None:
+                    last = self._run_eval(writer)
+                if self.run_dir is not None and self.step % cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        if self.run_dir is not None:
+            self.save_checkpoint()
+        if self.evaluate is not None and not (cfg.eval_every and self.step % cfg.eval_every == 0):
+            last = self._run_eval(writer)
+        if writer is not None:
+            writer.flush()
+        return last
+
+    # ------------------------------------------------------------------------------------------------ logging
+    def _tensorboard(self):
+        if self.run_dir is None:
+            return None
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.run_dir))
+            rows = {**_plain(self.hparams), **dataclasses.asdict(self.config), "memory_size": self.memory.memory_size}
+            table = "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in rows.items())
+            self._writer.add_text("hyperparameters", table, self.step)
+        return self._writer
+
+    def _log_scalars(self, writer, stats: StepStats, episodes_per_s: float) -> None:
+        s, m = stats.step, self.memory
+        writer.add_scalar("meta/loss", stats.loss, s)
+        writer.add_scalar("meta/grad_norm", stats.grad_norm, s)
+        writer.add_scalar("meta/skipped_steps", self.skipped_total, s)
+        writer.add_scalar("charts/episodes_per_s", episodes_per_s, s)
+        for k, err in enumerate(stats.errors, start=1):
+            writer.add_scalar(f"read/error_k{k}", err, s)
+        with torch.no_grad():
+            for k, (g, p) in enumerate(zip(m.read_step_sizes.tolist(), m.momenta.tolist(), strict=True), start=1):
+                writer.add_scalar(f"read/gamma_k{k}", g, s)
+                writer.add_scalar(f"read/psi_k{k}", p, s)
+            writer.add_scalar("write/alpha", m.alpha.item(), s)
+            writer.add_scalar("write/beta", m.beta.item(), s)
+            lrs = m.write_lrs  # [T, L, 3]
+            for t in range(lrs.shape[0]):
+                for li, layer in enumerate(m.layer_names):
+                    for ti, term in enumerate(WRITE_TERMS):
+                        writer.add_scalar(f"write/lr_{layer}_{term}_t{t + 1}", lrs[t, li, ti].item(), s)
+
+    def _run_eval(self, writer) -> dict[str, float]:
+        self.memory.eval()
+        results = self.evaluate(self.memory)
+        self.memory.train()
+        if writer is not None:
+            for name, value in results.items():
+                writer.add_scalar(f"eval/{name}", value, self.step)
+        tqdm.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
+        return results
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    """Keep what ``weights_only`` loading accepts: numbers, strings, bools, None, and lists/tuples of them."""
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, (int, float, str, bool, type(None))):
+            out[k] = v
+        elif isinstance(v, (list, tuple)) and all(isinstance(x, (int, float, str, bool)) for x in v):
+            out[k] = list(v)
+        else:
+            out[k] = str(v)
+    return out

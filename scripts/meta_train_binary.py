@@ -1,0 +1,171 @@
+"""Meta-train EBMM on random binary patterns (paper App. A.2, Table 1).
+
+Example (CPU, about the budget reported in the README)::
+
+    python scripts/meta_train_binary.py --num-patterns 64 --steps 3000
+
+TensorBoard: ``tensorboard --logdir runs``. Resume a killed run with ``--resume --run-dir runs/<name>``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import tyro
+
+from ebmm_rl.binary import corrupt, evaluate, sample_patterns, summarize
+from ebmm_rl.energy import GatedRNNConfig, GatedRNNEnergy
+from ebmm_rl.memory import EBMMConfig, EBMMemory
+from ebmm_rl.training import MetaTrainer, TrainConfig
+
+
+@dataclass
+class Args:
+    """Meta-training on random ±1 patterns."""
+
+    num_patterns: int = 64
+    """patterns written per episode (N)"""
+    dim: int = 128
+    """bits per pattern"""
+    num_corrupted: int = 64
+    """bits of each query set to random ±1; the others are known and clamped"""
+    hidden_size: int = 256
+    """gated-RNN state size (paper: 1024; 256 learns much faster per CPU-minute)"""
+    dynamic_size: int = 64
+    """memory units: 128·64 + 64 = 8256 writable floats, the Hopfield budget"""
+    batch_size: int = 16
+    """episodes per meta-step"""
+    steps: int = 3000
+    """meta-steps in total"""
+    lr: float = 5e-5
+    """AdamW learning rate of the weights (paper: 5e-5)"""
+    schedule_lr: float = 1e-3
+    """AdamW learning rate of step sizes, momenta and loss weights"""
+    grad_clip: float = 0.05
+    """global gradient-norm clipping (paper: 0.05)"""
+    write_lr_init: float = 1e-2
+    """initial write learning rates (paper: 1e-4, which needs far more steps than a CPU run has)"""
+    read_step_init: float = 0.5
+    """initial first read step size"""
+    write_steps: int = 5
+    """T"""
+    read_steps: int = 5
+    """K"""
+    eval_batches: int = 100
+    """random batches of the final evaluation (use scripts/eval_binary.py for the 1000-batch table)"""
+    eval_every: int = 500
+    """steps between evaluations (0: only at the end)"""
+    checkpoint_every: int = 100
+    """steps between checkpoints"""
+    seed: int = 0
+    """seed of initialisation and batches"""
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    """torch device"""
+    threads: int = 0
+    """CPU threads for torch (0: torch's default)"""
+    run_root: str = "runs"
+    """folder of run folders"""
+    run_dir: str | None = None
+    """this run's folder (default: run_root/binary__N{N}__{seed}__{time}); give it with --resume"""
+    resume: bool = False
+    """continue from run_dir/checkpoint.pt"""
+    progress: bool = True
+    """show a progress bar"""
+
+
+def build_memory(args: Args) -> EBMMemory:
+    """The C.1 gated-RNN EBMM for ``args``."""
+    energy = GatedRNNEnergy(GatedRNNConfig(args.dim, args.hidden_size, args.dynamic_size))
+    config = EBMMConfig(
+        write_steps=args.write_steps,
+        read_steps=args.read_steps,
+        data_range=(-1.0, 1.0),
+        write_lr_init=args.write_lr_init,
+        read_step_init=args.read_step_init,
+    )
+    return EBMMemory(energy, config)
+
+
+def make_sampler(args: Args):
+    """Batches of ``B`` episodes, ``N`` patterns, queries with ``num_corrupted`` random bits."""
+
+    def sample(generator: torch.Generator):
+        patterns = sample_patterns(args.batch_size, args.num_patterns, args.dim, generator=generator)
+        queries, known = corrupt(patterns, args.num_corrupted, generator=generator)
+        return patterns, queries, known
+
+    return sample
+
+
+def make_evaluator(args: Args, num_batches: int):
+    """Mean error bits (and 5/95 percentiles over batches) on fresh batches from a fixed seed."""
+
+    def run(memory: EBMMemory) -> dict[str, float]:
+        def retrieve(patterns, queries, known):
+            state = memory.write(patterns)
+            return memory.read(queries, state, known).retrieved
+
+        generator = torch.Generator(device=args.device).manual_seed(10_000 + args.seed)
+        with torch.no_grad():
+            errors = evaluate(
+                retrieve,
+                args.num_patterns,
+                num_batches,
+                args.batch_size,
+                args.dim,
+                args.num_corrupted,
+                generator=generator,
+                device=args.device,
+            )
+        s = summarize(errors)
+        return {"error_bits": s["mean"], "error_bits_p5": s["p5"], "error_bits_p95": s["p95"]}
+
+    return run
+
+
+def main(args: Args) -> None:
+    """Meta-train, checkpoint, and print the final error bits."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    run_dir = Path(
+        args.run_dir or Path(args.run_root) / f"binary__N{args.num_patterns}__{args.seed}__{int(time.time())}"
+    )
+    if args.resume and args.run_dir is None:
+        raise SystemExit("--resume needs --run-dir: the folder of the run to continue")
+    memory = build_memory(args)
+    print(f"EBMM gated RNN: memory size {memory.memory_size} floats, run folder {run_dir}")
+    trainer = MetaTrainer(
+        memory,
+        make_sampler(args),
+        TrainConfig(
+            steps=args.steps,
+            lr=args.lr,
+            schedule_lr=args.schedule_lr,
+            grad_clip=args.grad_clip,
+            checkpoint_every=args.checkpoint_every,
+            eval_every=args.eval_every,
+            seed=args.seed,
+            device=args.device,
+            progress=args.progress,
+        ),
+        run_dir=run_dir,
+        hparams=asdict(args),
+        evaluate=make_evaluator(args, args.eval_batches),
+    )
+    start = time.perf_counter()
+    result = trainer.train(resume=args.resume)
+    minutes = (time.perf_counter() - start) / 60
+    print(
+        f"N={args.num_patterns}: {result['error_bits']:.2f} error bits "
+        f"(p5 {result['error_bits_p5']:.2f}, p95 {result['error_bits_p95']:.2f}, {args.eval_batches} batches of "
+        f"{args.batch_size}) after {trainer.step} steps, {minutes:.1f} min this session on {args.device}; "
+        f"checkpoint {trainer.checkpoint_path}"
+    )
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
