@@ -15,13 +15,27 @@ from typing import Any
 
 import torch
 
-from ebmm_rl.energy import GatedRNNConfig, GatedRNNEnergy, MLPConfig, MLPEnergy
+from ebmm_rl.energy import (
+    GatedRNNConfig,
+    GatedRNNEnergy,
+    MLPConfig,
+    MLPEnergy,
+    ResNetConvConfig,
+    ResNetConvEnergy,
+    ResNetFCConfig,
+    ResNetFCEnergy,
+    ResNetLowerConvConfig,
+    ResNetLowerConvEnergy,
+)
 from ebmm_rl.layers import EnergyNet
 from ebmm_rl.memory import EBMMConfig, EBMMemory
 
 ENERGIES: dict[str, tuple[type[EnergyNet], type]] = {
     "GatedRNNEnergy": (GatedRNNEnergy, GatedRNNConfig),
     "MLPEnergy": (MLPEnergy, MLPConfig),
+    "ResNetFCEnergy": (ResNetFCEnergy, ResNetFCConfig),
+    "ResNetConvEnergy": (ResNetConvEnergy, ResNetConvConfig),
+    "ResNetLowerConvEnergy": (ResNetLowerConvEnergy, ResNetLowerConvConfig),
 }
 """Energy networks that :func:`build_memory` can rebuild, by class name: ``(class, config class)``."""
 
@@ -73,9 +87,9 @@ def build_memory(spec: dict[str, Any]) -> EBMMemory:
         energy_class, config_class = ENERGIES[spec["energy"]]
     except KeyError:
         raise ValueError(f"unknown energy {spec.get('energy')!r}; known: {sorted(ENERGIES)}") from None
-    ebmm = dict(spec["ebmm_config"])
-    ebmm["data_range"] = tuple(ebmm["data_range"])
-    return EBMMemory(energy_class(config_class(**spec["energy_config"])), EBMMConfig(**ebmm))
+    energy_config = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["energy_config"].items()}
+    ebmm = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["ebmm_config"].items()}
+    return EBMMemory(energy_class(config_class(**energy_config)), EBMMConfig(**ebmm))
 
 
 def load_memory(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> EBMMemory:
