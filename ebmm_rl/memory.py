@@ -56,6 +56,8 @@ class EBMMConfig:
         read_decay_init: initial ``σ(η⁽ᵏ⁾)``, the factor between consecutive step sizes (App. B.3).
         momentum_init: initial ``ψ⁽¹⁾``.
         momentum_decay_init: initial factor between consecutive momenta (``ψ`` is parametrised like ``γ``).
+        chunk_size: patterns per chunk when :meth:`EBMMemory.forward` writes (chunked online writing, so that
+            meta-training uses the schedule the memory will be deployed with); 0 writes the batch at once.
     """
 
     write_steps: int = 5
@@ -71,6 +73,7 @@ class EBMMConfig:
     read_decay_init: float = 0.9
     momentum_init: float = 0.5
     momentum_decay_init: float = 0.9
+    chunk_size: int = 0
 
     def __post_init__(self) -> None:
         lo, hi = self.data_range
@@ -85,6 +88,7 @@ class EBMMConfig:
             (0 < self.read_decay_init < 1, "read_decay_init must lie in (0, 1)"),
             (0 < self.momentum_init < 1, "momentum_init must lie in (0, 1)"),
             (0 < self.momentum_decay_init < 1, "momentum_decay_init must lie in (0, 1)"),
+            (self.chunk_size >= 0, f"chunk_size must be >= 0 (0: write all at once), got {self.chunk_size}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -299,10 +303,45 @@ class EBMMemory(nn.Module):
                         update = update + lr_g * grads_g[i]
                     new_fast[n] = fast[n] - update
                 fast = new_fast
+        if pattern_mask is not None:  # an episode with only padding in this chunk keeps its memory unchanged
+            written = pattern_mask.any(dim=1)  # [B]
+            fast = {
+                n: torch.where(written.view(-1, *[1] * (w.dim() - 1)), w, state.fast_weights[n])
+                for n, w in fast.items()
+            }
         if not create_graph:
             fast = {n: w.detach() for n, w in fast.items()}
-        count = (weights > 0).sum(dim=1) if pattern_mask is not None else torch.full_like(state.num_written, N)
+        count = pattern_mask.sum(dim=1) if pattern_mask is not None else torch.full_like(state.num_written, N)
         return MemoryState(fast, state.num_written + count)
+
+    def write_chunked(
+        self,
+        patterns: Tensor,
+        chunk_size: int,
+        state: MemoryState | None = None,
+        pattern_mask: Tensor | None = None,
+        create_graph: bool | None = None,
+    ) -> MemoryState:
+        """Chunked online writing: write ``patterns`` chunk by chunk, each chunk continuing from the last.
+
+        Each chunk of ``chunk_size`` patterns gets ``T`` write steps starting from the state the previous chunk left.
+
+        Args:
+            patterns: ``[B, N, D...]``, written in order ``[:, 0:C]``, ``[:, C:2C]``, ...
+            chunk_size: ``C`` (the last chunk may be shorter); ``C >= N`` is one :meth:`write`.
+            state: memory to continue from; ``None`` starts from ``θ̄``.
+            pattern_mask: optional ``[B, N]`` bool; padding is not written, and a chunk that is all padding
+                leaves an episode's memory unchanged.
+            create_graph: keep the graph for meta-gradients. Default: ``torch.is_grad_enabled()``.
+        """
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        N = patterns.shape[1] if patterns.dim() > 1 else 0
+        for start in range(0, max(N, 1), chunk_size):
+            chunk = patterns[:, start : start + chunk_size]
+            mask = None if pattern_mask is None else pattern_mask[:, start : start + chunk_size]
+            state = self.write(chunk, state, mask, create_graph)
+        return state
 
     def _writing_loss_grads(
         self,
@@ -439,7 +478,10 @@ class EBMMemory(nn.Module):
             queries: ``[B, N, D...]`` distorted ``patterns``.
             known_mask: optional bool mask of query dimensions that are known (clamped).
         """
-        state = self.write(patterns)
+        if self.config.chunk_size:
+            state = self.write_chunked(patterns, self.config.chunk_size)
+        else:
+            state = self.write(patterns)
         result = self.read(queries, state, known_mask)
         loss, errors = self.meta_loss(patterns, result)
         return MetaOutput(loss, errors, result, state)

@@ -268,3 +268,40 @@ def test_memory_layer_reference_path_matches_batched():
     batched = layer(x, {"weight": w, "bias": b})
     for i in range(4):
         torch.testing.assert_close(batched[i], F.linear(x[i], w[i], b[i]))
+
+
+def test_write_chunked_matches_sequential_writes_and_single_batch():
+    torch.manual_seed(0)
+    memory = tiny_binary_memory(write_lr_init=1e-2).double()
+    x = random_bits(2, 7, 16)
+    with torch.no_grad():
+        one_chunk = memory.write_chunked(x, chunk_size=7)
+        batch = memory.write(x)
+        chunked = memory.write_chunked(x, chunk_size=3)
+        manual = memory.write(x[:, 6:], memory.write(x[:, 3:6], memory.write(x[:, :3])))
+    torch.testing.assert_close(one_chunk.flatten(), batch.flatten(), rtol=0, atol=0)
+    torch.testing.assert_close(chunked.flatten(), manual.flatten(), rtol=0, atol=0)
+    assert chunked.num_written.tolist() == [7, 7]
+    assert not torch.allclose(chunked.flatten(), batch.flatten())
+
+
+def test_padding_only_chunk_keeps_the_memory():
+    torch.manual_seed(0)
+    memory = tiny_binary_memory(write_lr_init=1e-2).double()
+    x = random_bits(2, 4, 16)
+    mask = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    with torch.no_grad():
+        state = memory.write_chunked(x, chunk_size=2, pattern_mask=mask)
+        first_only = memory.write(x[:1, :2])
+    torch.testing.assert_close(state.flatten()[:1], first_only.flatten(), rtol=1e-12, atol=1e-12)
+    assert state.num_written.tolist() == [2, 4]
+
+
+def test_forward_uses_the_configured_chunk_schedule():
+    torch.manual_seed(0)
+    memory = tiny_binary_memory(write_lr_init=1e-2, chunk_size=2).double()
+    x = random_bits(2, 5, 16)
+    out = memory(x, x)
+    with torch.no_grad():
+        expected = memory.write_chunked(x, 2)
+    torch.testing.assert_close(out.state.flatten().detach(), expected.flatten(), rtol=1e-12, atol=1e-12)
