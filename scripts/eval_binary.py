@@ -1,0 +1,112 @@
+"""Table 1 of the paper: error bits of retrieved random binary patterns, for Hopfield rules and EBMM.
+
+Every cell writes ``N`` random 128-bit patterns per episode, corrupts 64 random bits of each (set to random ±1),
+lets the model clamp the other 64, and counts wrong bits of the retrieved pattern; it prints ``mean (p5–p95)``
+over ``--num-batches`` random batches next to the paper's value.
+
+    python scripts/eval_binary.py                                            # the three Hopfield rows
+    python scripts/eval_binary.py --rules --ebmm runs/binary__N32__0__*/checkpoint.pt   # EBMM only
+
+Each EBMM checkpoint (from ``scripts/meta_train_binary.py``) gives one row, evaluated at every ``N``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+import tyro
+
+from ebmm_rl.binary import PAPER_TABLE1, TABLE1_NUM_PATTERNS, evaluate, format_table, summarize
+from ebmm_rl.checkpoint import load_checkpoint, load_memory
+from ebmm_rl.hopfield import HopfieldConfig, hopfield_memory
+
+HOPFIELD_ROWS = {"hebb": "Hebb", "storkey": "Storkey", "pseudo_inverse": "pseudo-inverse"}
+"""Rule name -> row name of :data:`ebmm_rl.binary.PAPER_TABLE1`."""
+
+
+@dataclass
+class Args:
+    """Evaluate Table 1."""
+
+    rules: list[str] = field(default_factory=lambda: list(HOPFIELD_ROWS))
+    """Hopfield writing rules to evaluate (hebb, storkey, pseudo_inverse); pass none to skip them"""
+    ebmm: list[str] = field(default_factory=list)
+    """EBMM checkpoints (checkpoint.pt of scripts/meta_train_binary.py runs), one row each"""
+    patterns: list[int] = field(default_factory=lambda: list(TABLE1_NUM_PATTERNS))
+    """numbers of stored patterns N, one column each"""
+    num_batches: int = 1000
+    """random batches per cell (the paper's error bars use 1000)"""
+    batch_size: int = 32
+    """episodes per batch; p5/p95 are over per-batch mean error bits"""
+    num_corrupted: int = 64
+    """corrupted bits per query (the others are clamped)"""
+    seed: int = 0
+    """seed of patterns, corruption and Hopfield update order (the same batches for every row)"""
+    max_sweeps: int = 100
+    """cap on asynchronous Hopfield sweeps per read"""
+    batches_per_call: int = 8
+    """batches stacked into one write/read call (speed only; changes the random stream)"""
+    threads: int = 1
+    """torch CPU threads (0: torch's default)"""
+    device: str = "cpu"
+    """torch device"""
+
+
+def evaluate_row(retrieve_for, args: Args, label: str, start: float) -> list[dict]:
+    """Summaries of one model at every ``N`` of ``args.patterns``."""
+    summaries = []
+    for n in args.patterns:
+        generator = torch.Generator(device=args.device).manual_seed(args.seed)
+        errors = evaluate(
+            retrieve_for(generator), n, args.num_batches, args.batch_size, 128, args.num_corrupted,
+            generator=generator, device=args.device, batches_per_call=args.batches_per_call,
+        )  # fmt: skip
+        summaries.append(summarize(errors))
+        elapsed = time.perf_counter() - start
+        print(f"{label} N={n}: {summaries[-1]['mean']:.2f} error bits ({elapsed:.0f} s)", file=sys.stderr, flush=True)
+    return summaries
+
+
+def main(args: Args) -> None:
+    """Evaluate every requested row and print the table."""
+    unknown = [r for r in args.rules if r not in HOPFIELD_ROWS]
+    if unknown:
+        raise SystemExit(f"unknown rule(s) {unknown}; choose from {list(HOPFIELD_ROWS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    rows: dict[str, list[dict]] = {}
+    for rule in args.rules:
+        memory = hopfield_memory(rule, HopfieldConfig(dim=128, max_sweeps=args.max_sweeps))
+
+        def hopfield_for(generator, memory=memory):
+            return lambda p, q, k: memory.read(q, memory.write(p), known_mask=k, generator=generator)
+
+        rows[HOPFIELD_ROWS[rule]] = evaluate_row(hopfield_for, args, rule, start)
+    for path in args.ebmm:
+        memory = load_memory(path, map_location=args.device).eval()
+        info = load_checkpoint(path)
+        trained_n, steps = info.get("hparams", {}).get("num_patterns", "?"), info.get("step", "?")
+
+        def ebmm_for(generator, memory=memory):
+            return lambda p, q, k: memory.read(q, memory.write(p), k).retrieved
+
+        rows[f"EBMM RNN (trained at N={trained_n}, {steps} steps)"] = evaluate_row(ebmm_for, args, path, start)
+    print(
+        f"Error bits of retrieved 128-bit patterns ({args.num_corrupted} bits corrupted, the rest clamped): "
+        f"mean (p5–p95 of per-batch means) over {args.num_batches} batches of {args.batch_size} episodes, "
+        f"seed {args.seed}\n"
+    )
+    print(format_table(rows, args.patterns, paper=PAPER_TABLE1))
+    if args.ebmm:
+        paper = PAPER_TABLE1["EBMM RNN"]
+        cells = [f"{paper[TABLE1_NUM_PATTERNS.index(n)]:g}" if n in TABLE1_NUM_PATTERNS else "–" for n in args.patterns]
+        print("| EBMM RNN (paper) | " + " | ".join(cells) + " |")
+    print(f"\nwall time: {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
