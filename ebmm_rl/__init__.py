@@ -1,0 +1,22 @@
+"""ebmm_rl: meta-learned energy-based memory (EBMM) for reinforcement-learning agents.
+
+The SB3 integration is exported lazily (``from ebmm_rl import EBMMExtractor``), so ``import ebmm_rl`` alone
+does not import Stable-Baselines3.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ebmm_rl.rl import EBMMExtractor, EpisodeMemoryWrapper, MultiBinaryToMultiDiscrete
+
+__all__ = ["EBMMExtractor", "EpisodeMemoryWrapper", "MultiBinaryToMultiDiscrete"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        import ebmm_rl.rl
+
+        return getattr(ebmm_rl.rl, name)
+    raise AttributeError(f"module 'ebmm_rl' has no attribute {name!r}")

@@ -1,0 +1,262 @@
+"""Train an SB3 agent with an episodic memory (EBMM) or a baseline memory on a memory-probe environment.
+
+Examples::
+
+    python -m agents.train --env ebmm/BinaryRecall-Easy-v0 --memory ebmm
+    python -m agents.train --env ebmm/Familiarity-Easy-v0 --memory lstm --n-envs 4
+    python -m agents.train --env ebmm/BinaryRecall-Medium-v0 --memory ebmm --memory-checkpoint runs/<meta>/checkpoint.pt
+
+Memories: ``ebmm`` (PPO/A2C + :class:`~ebmm_rl.rl.EBMMExtractor` over :class:`~ebmm_rl.rl.EpisodeMemoryWrapper`),
+``mlp`` (PPO/A2C, no memory), ``frame-stack`` (PPO/A2C over gymnasium's ``FrameStackObservation`` of the last
+``--frame-stack`` observations, by default the whole episode), ``lstm`` (sb3-contrib ``RecurrentPPO``).
+
+TensorBoard: ``tensorboard --logdir runs``; a run is ``runs/{env}__{memory}__{seed}__{time}`` and holds the final
+``model.zip``, ``best_model.zip`` (best evaluation) and ``evaluations.npz``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+import tyro
+from gymnasium import spaces
+from gymnasium.wrappers import FrameStackObservation
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import EvalCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import TensorBoardOutputFormat, configure
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+
+import envs  # noqa: F401  (registers the ids in this process)
+from ebmm_rl.rl import EBMMExtractor, EpisodeMemoryWrapper, MultiBinaryToMultiDiscrete
+
+Memory = Literal["ebmm", "mlp", "frame-stack", "lstm"]
+
+
+@dataclass
+class Args:
+    """Train PPO / A2C / RecurrentPPO with an episodic memory on an ``ebmm/...`` environment."""
+
+    env: str = "ebmm/BinaryRecall-Easy-v0"
+    """gymnasium id of the environment (``ebmm/<Family>[-Easy|-Medium|-Hard]-v0``)"""
+    memory: Memory = "ebmm"
+    """ebmm: EBMM extractor; mlp: no memory; frame-stack: the last observations stacked; lstm: RecurrentPPO"""
+    algo: Literal["ppo", "a2c"] = "ppo"
+    """on-policy algorithm (``--memory lstm`` always uses sb3-contrib's RecurrentPPO)"""
+    total_timesteps: int = 100_000
+    """environment steps in total (over all parallel envs)"""
+    n_envs: int = 1
+    """parallel environments (SubprocVecEnv when > 1)"""
+    seed: int = 0
+    """seed of the agent and the environments"""
+    memory_checkpoint: str | None = None
+    """start the EBMM memory from this meta-training checkpoint (its energy must take flat patterns of size D)"""
+    freeze_memory: bool = False
+    """keep the EBMM memory's meta-parameters fixed (no gradient from the RL loss)"""
+    chunk_size: int = 1
+    """EBMM patterns written per chunk (1: online writing, one pattern per env step)"""
+    hidden_size: int = 64
+    """hidden size of a fresh EBMM MLPEnergy"""
+    dynamic_size: int = 32
+    """memory units of a fresh EBMM MLPEnergy (writable floats: (D + 1) * dynamic_size)"""
+    write_steps: int = 3
+    """write steps T of a fresh EBMM memory"""
+    read_steps: int = 3
+    """read steps K of a fresh EBMM memory"""
+    grad_norm_term: bool = True
+    """include the paper's alpha * |grad_x E|^2 term in a fresh EBMM memory's writing loss (off: writes about 2x
+    cheaper)"""
+    write_queries: bool | None = None
+    """also store query patterns in the EBMM memory (default: only for Familiarity, whose stream repeats itself)"""
+    similarities: bool | None = None
+    """add the retrieved pattern's similarity to each stored one to the features (default: only for ImageRecall,
+    whose answer is a position)"""
+    frame_stack: int = 0
+    """observations stacked by ``--memory frame-stack`` (0: the episode length, so the whole episode is visible)"""
+    lstm_hidden_size: int = 64
+    """LSTM units of ``--memory lstm``"""
+    net_arch: tuple[int, ...] = (64, 64)
+    """hidden sizes of the policy and value MLPs"""
+    learning_rate: float = 3e-4
+    """Adam (PPO) / RMSprop (A2C) learning rate"""
+    n_steps: int = 128
+    """steps per environment per rollout"""
+    batch_size: int = 64
+    """PPO minibatch size"""
+    n_epochs: int = 4
+    """PPO epochs per rollout"""
+    gamma: float = 0.99
+    """discount factor"""
+    ent_coef: float = 0.0
+    """entropy bonus"""
+    eval_freq: int = 10_000
+    """environment steps (over all envs) between evaluations (0: no evaluation)"""
+    eval_episodes: int = 20
+    """episodes per evaluation (deterministic policy)"""
+    run_root: str = "runs"
+    """folder of TensorBoard run folders"""
+    progress_bar: bool = True
+    """show SB3's progress bar (needs the rich and tqdm packages; skipped when missing)"""
+    threads: int = 1
+    """torch CPU threads"""
+    device: str = "cpu"
+    """torch device of the agent (``auto`` picks CUDA when there is one)"""
+
+
+def wrap_env(env: gym.Env, memory: Memory, write_queries: bool = False, frame_stack: int = 0) -> gym.Env:
+    """Wrap one environment for ``memory`` (picklable by reference, so SubprocVecEnv workers can use it)."""
+    if memory == "ebmm":
+        return EpisodeMemoryWrapper(env, write_phases=(0, 1) if write_queries else (0,))
+    if memory == "frame-stack":
+        size = frame_stack or int(getattr(env.unwrapped, "episode_length", 0)) or 4
+        return FrameStackObservation(env, size, padding_type="zero")
+    if memory == "lstm" and isinstance(env.action_space, spaces.MultiBinary):
+        return MultiBinaryToMultiDiscrete(env)  # RecurrentPPO crashes on MultiBinary (docs/envs.md)
+    return env
+
+
+def make_env(args: Args, n_envs: int | None = None, seed: int | None = None) -> VecEnv:
+    """The vectorised, wrapped environment of ``args`` (SubprocVecEnv when more than one env)."""
+    n_envs = args.n_envs if n_envs is None else n_envs
+    return make_vec_env(
+        f"envs:{args.env}",  # the prefix imports envs in fresh worker processes
+        n_envs=n_envs,
+        seed=args.seed if seed is None else seed,
+        wrapper_class=wrap_env,
+        wrapper_kwargs=dict(memory=args.memory, write_queries=_write_queries(args), frame_stack=args.frame_stack),
+        vec_env_cls=SubprocVecEnv if n_envs > 1 else DummyVecEnv,
+    )
+
+
+def build_model(args: Args, env: VecEnv) -> BaseAlgorithm:
+    """The agent of ``args`` on ``env``."""
+    policy_kwargs: dict[str, Any] = dict(net_arch=list(args.net_arch))
+    common = dict(
+        learning_rate=args.learning_rate,
+        n_steps=args.n_steps,
+        gamma=args.gamma,
+        ent_coef=args.ent_coef,
+        seed=args.seed,
+        device=args.device,
+        verbose=0,
+    )
+    if args.memory == "lstm":
+        if args.algo != "ppo":
+            raise ValueError("--memory lstm trains sb3-contrib's RecurrentPPO; use --algo ppo")
+        from sb3_contrib import RecurrentPPO
+
+        policy_kwargs["lstm_hidden_size"] = args.lstm_hidden_size
+        return RecurrentPPO(
+            "MultiInputLstmPolicy",
+            env,
+            batch_size=args.batch_size,
+            n_epochs=args.n_epochs,
+            policy_kwargs=policy_kwargs,
+            **common,
+        )
+    if args.memory == "ebmm":
+        extractor_kwargs: dict[str, Any] = dict(
+            chunk_size=args.chunk_size,
+            freeze_memory=args.freeze_memory,
+            similarities=args.similarities if args.similarities is not None else "ImageRecall" in args.env,
+        )
+        if args.memory_checkpoint:
+            extractor_kwargs["memory"] = args.memory_checkpoint
+        else:
+            extractor_kwargs["energy"] = dict(hidden_size=args.hidden_size, dynamic_size=args.dynamic_size)
+            extractor_kwargs["ebmm"] = dict(
+                write_steps=args.write_steps, read_steps=args.read_steps, use_grad_norm_term=args.grad_norm_term
+            )
+        policy_kwargs.update(features_extractor_class=EBMMExtractor, features_extractor_kwargs=extractor_kwargs)
+    if args.algo == "a2c":
+        return A2C("MultiInputPolicy", env, policy_kwargs=policy_kwargs, **common)
+    return PPO(
+        "MultiInputPolicy",
+        env,
+        batch_size=args.batch_size,
+        n_epochs=args.n_epochs,
+        policy_kwargs=policy_kwargs,
+        **common,
+    )
+
+
+def run_name(args: Args) -> str:
+    """``{env}__{memory}__{seed}__{time}`` (``/`` in the env id becomes ``-``)."""
+    return f"{args.env.replace('/', '-')}__{args.memory}__{args.seed}__{int(time.time())}"
+
+
+def _write_queries(args: Args) -> bool:
+    return args.write_queries if args.write_queries is not None else "Familiarity" in args.env
+
+
+def main(args: Args) -> BaseAlgorithm:
+    """Train, evaluate periodically, log to TensorBoard and save the model; returns the trained agent."""
+    torch.set_num_threads(args.threads)
+    run_dir = Path(args.run_root) / run_name(args)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = make_env(args)
+    model = build_model(args, env)
+    model.set_logger(configure(str(run_dir), ["stdout", "tensorboard"]))
+    _log_hyperparameters(model, args)
+
+    callbacks = []
+    eval_env = None
+    if args.eval_freq > 0:
+        eval_env = make_env(args, n_envs=1, seed=args.seed + 10_000)
+        callbacks.append(
+            EvalCallback(
+                eval_env,
+                n_eval_episodes=args.eval_episodes,
+                eval_freq=max(args.eval_freq // args.n_envs, 1),
+                log_path=str(run_dir),
+                best_model_save_path=str(run_dir),
+                deterministic=True,
+                verbose=0,
+            )
+        )
+    progress = args.progress_bar and all(importlib.util.find_spec(m) is not None for m in ("rich", "tqdm"))
+    if args.progress_bar and not progress:
+        print("progress bar off: it needs the rich and tqdm packages (pip install rich tqdm)")
+    start = time.time()
+    model.learn(args.total_timesteps, callback=callbacks, progress_bar=progress)
+    elapsed = time.time() - start
+    model.save(run_dir / "model.zip")
+
+    base = gym.make(args.env).unwrapped
+    summary = f"{args.env} {args.memory}: {model.num_timesteps} steps in {elapsed:.1f} s"
+    if callbacks:
+        summary += f"; last evaluation return {callbacks[0].last_mean_reward:.3f}"
+    summary += f" (chance {getattr(base, 'chance_return', float('nan')):.3f}, max {getattr(base, 'max_return', 1):.3f})"
+    print(summary)
+    print(f"saved {run_dir / 'model.zip'}")
+    env.close()
+    if eval_env is not None:
+        eval_env.close()
+    return model
+
+
+def _log_hyperparameters(model: BaseAlgorithm, args: Args) -> None:
+    """Write ``args`` as a markdown table to the run's TensorBoard (text tab, ``hyperparameters``)."""
+    rows = "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items())
+    for fmt in model.logger.output_formats:
+        if isinstance(fmt, TensorBoardOutputFormat):
+            fmt.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{rows}")
+            fmt.writer.flush()
+    extractor = getattr(model.policy, "features_extractor", None)
+    if isinstance(extractor, EBMMExtractor):
+        print(f"EBMM memory: {extractor.memory.memory_size} writable floats per episode, "
+              f"{sum(p.numel() for p in extractor.memory.parameters())} meta-parameters")  # fmt: skip
+    print(f"policy parameters: {sum(int(np.prod(p.shape)) for p in model.policy.parameters())}")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

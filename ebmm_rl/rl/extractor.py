@@ -1,0 +1,346 @@
+"""``EBMMExtractor``: an EBMM episodic memory as a Stable-Baselines3 features extractor.
+
+Recipe::
+
+    env = EpisodeMemoryWrapper(gym.make("ebmm/BinaryRecall-Easy-v0"))
+    model = PPO("MultiInputPolicy", env, policy_kwargs=dict(features_extractor_class=EBMMExtractor))
+
+For every observation the extractor writes the episode's stored patterns (``"history"``, added by
+:class:`~ebmm_rl.rl.wrappers.EpisodeMemoryWrapper`) into a fresh memory, reads with the current pattern
+(``"query"``) and returns features built from what it retrieved. The features are a function of the observation
+alone, as SB3 requires: PPO/A2C re-evaluate stored observations in shuffled minibatches.
+
+Cost. With gradients enabled (PPO/A2C updates) the whole history is written from scratch, chunk by chunk, so
+that gradients reach the memory's meta-parameters. Without gradients (rollout collection, evaluation,
+``predict``) a cache of written memories, keyed by a fingerprint of each history prefix, lets a step write only
+the patterns that are new since the previous step of its episode: one chunk per stored pattern instead of the
+whole history.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.preprocessing import preprocess_obs
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.utils import obs_as_tensor
+from torch import Tensor, nn
+
+from ebmm_rl.checkpoint import load_memory
+from ebmm_rl.energy.mlp import MLPConfig, MLPEnergy
+from ebmm_rl.memory import EBMMConfig, EBMMemory, MemoryState
+
+__all__ = ["DEFAULT_RL_EBMM_CONFIG", "DEFAULT_RL_ENERGY", "EBMMExtractor"]
+
+DEFAULT_RL_ENERGY = dict(hidden_size=64, dynamic_size=32, hops=2)
+"""Sizes of the fresh :class:`MLPEnergy` the extractor builds when given no memory (``input_size`` = ``D``)."""
+
+DEFAULT_RL_EBMM_CONFIG = EBMMConfig(write_steps=3, read_steps=3, write_lr_init=0.1, read_step_init=2.0)
+"""Write/read rules of a fresh memory: fewer steps than the paper's 5 (each costs a double-backward per env
+step), and the initial step sizes that ``scripts/meta_train_binary.py`` found to learn fast (the paper's 1e-4
+write rate barely changes the fast weights before meta-training). ``data_range`` comes from the wrapper."""
+
+_REQUIRED_KEYS = ("history", "history_len", "query")
+_Key = tuple[int, bytes]  # (number of patterns written, digest of those patterns)
+
+
+class EBMMExtractor(BaseFeaturesExtractor):
+    """Writes each observation's episode history into an EBMM and reads with the current pattern.
+
+    Features (``D`` = pattern size, ``L`` = ``max_patterns`` of the wrapper), concatenated in this order:
+
+    * ``retrieved``: ``[D]`` the pattern retrieved from the memory with the query (the last read iterate);
+    * ``energies``: ``[2]`` the energy of the query and the energy of the retrieved pattern (low energy =
+      familiar: paper §4.4);
+    * ``query``: ``[D]`` the current pattern;
+    * ``phase``: one-hot, if the observation has a ``"phase"`` key;
+    * ``similarities`` (only with ``similarities=True``): ``[L]`` the negative mean squared distance between the
+      retrieved pattern and each stored pattern (padding rows get the lowest possible value), i.e. *which*
+      stored pattern was recalled, for tasks that ask for its position (``ImageRecall``).
+
+    then passed through an optional MLP (``net_arch``).
+
+    Args:
+        observation_space: a ``Dict`` space made by :class:`~ebmm_rl.rl.wrappers.EpisodeMemoryWrapper`.
+        memory: the memory to use: an :class:`EBMMemory` over patterns of shape ``(D,)``, or the path of a
+            meta-training checkpoint (``ebmm_rl.checkpoint.load_memory``; the path must still exist when a saved
+            model is loaded). ``None`` builds a fresh :class:`MLPEnergy` memory from ``energy`` and ``ebmm``.
+        energy: :class:`MLPConfig` fields (except ``input_size``) of a fresh memory, overriding
+            :data:`DEFAULT_RL_ENERGY`.
+        ebmm: :class:`EBMMConfig` fields of a fresh memory, overriding :data:`DEFAULT_RL_EBMM_CONFIG`;
+            ``data_range`` is always the wrapper's.
+        chunk_size: patterns written per chunk (``T`` write steps each); 1 = one pattern per env step (online
+            writing), ``>= max_patterns`` = the whole history at once (batch writing, as in the paper).
+        freeze_memory: set ``requires_grad=False`` on every parameter of the memory (the RL loss then does not
+            change it; writing and reading also skip the higher-order graph, which is much cheaper).
+        net_arch: hidden sizes of a ReLU MLP on top of the features; empty = the raw features.
+        similarities: add the ``similarities`` features (see above).
+        cache_size: written memories (one per history prefix) kept for gradient-free calls; 0 disables the cache.
+
+    Raises:
+        ValueError: the observation space lacks the wrapper's keys, or the memory does not fit the patterns.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        memory: EBMMemory | str | os.PathLike | None = None,
+        energy: dict[str, Any] | None = None,
+        ebmm: dict[str, Any] | None = None,
+        chunk_size: int = 1,
+        freeze_memory: bool = False,
+        net_arch: Sequence[int] = (),
+        similarities: bool = False,
+        cache_size: int = 4096,
+    ) -> None:
+        _check_space(observation_space)
+        super().__init__(observation_space, features_dim=1)  # the real size is found by a dry pass below
+        history_space = observation_space["history"]
+        self.max_patterns, self.pattern_size = (int(n) for n in history_space.shape)
+        data_range = (float(np.min(history_space.low)), float(np.max(history_space.high)))
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1 (1 = one pattern per env step), got {chunk_size}")
+        self.chunk_size = int(chunk_size)
+        self.use_phase = isinstance(observation_space.spaces.get("phase"), spaces.Discrete)
+        self.similarities = bool(similarities)
+        self.cache_size = int(cache_size)
+
+        self.memory = self._build_memory(memory, energy, ebmm, data_range)
+        if freeze_memory:
+            self.memory.requires_grad_(False)
+
+        self._cache: OrderedDict[_Key, dict[str, Tensor]] = OrderedDict()  # key -> fast weights of one episode
+        self._cache_version: tuple[tuple[int, int], ...] | None = None
+        self.cache_hits = 0
+        """Rows whose memory came from the cache (whole or as a prefix), since construction."""
+        self.patterns_written = 0
+        """Patterns written by gradient-free calls (the cached path), since construction."""
+
+        self.head = nn.Identity()
+        with torch.no_grad():
+            raw = self._raw_features(_dummy_observation(observation_space)).shape[1]
+        self._cache.clear()
+        layers: list[nn.Module] = []
+        size = raw
+        for width in net_arch:
+            layers += [nn.Linear(size, int(width)), nn.ReLU()]
+            size = int(width)
+        if layers:
+            self.head = nn.Sequential(*layers)
+        self._features_dim = size
+
+    # --------------------------------------------------------------------------------------------- building
+    def _build_memory(
+        self,
+        memory: EBMMemory | str | os.PathLike | None,
+        energy: dict[str, Any] | None,
+        ebmm: dict[str, Any] | None,
+        data_range: tuple[float, float],
+    ) -> EBMMemory:
+        D = self.pattern_size
+        if memory is None:
+            energy_config = MLPConfig(input_size=D, **{**DEFAULT_RL_ENERGY, **(energy or {})})
+            config = dataclasses.replace(DEFAULT_RL_EBMM_CONFIG, **{**(ebmm or {}), "data_range": data_range})
+            return EBMMemory(MLPEnergy(energy_config), config)
+        if energy or ebmm:
+            raise ValueError("energy and ebmm configure a fresh memory; they cannot be combined with memory=...")
+        if isinstance(memory, str | os.PathLike):
+            memory = load_memory(memory)
+        if not isinstance(memory, EBMMemory):
+            raise ValueError(f"memory must be an EBMMemory, a checkpoint path or None, got {type(memory).__name__}")
+        if tuple(memory.data_shape) != (D,):
+            raise ValueError(
+                f"the memory stores patterns of shape {tuple(memory.data_shape)} but the observation's history rows "
+                f"have shape ({D},); use a memory whose energy takes flat patterns of size {D}"
+            )
+        if tuple(memory.config.data_range) != data_range:
+            raise ValueError(
+                f"the memory reads in data_range {memory.config.data_range} but the observation's patterns lie in "
+                f"{data_range}; wrap the env with EpisodeMemoryWrapper(env, data_range={memory.config.data_range})"
+            )
+        return memory
+
+    # ---------------------------------------------------------------------------------------------- forward
+    def forward(self, observations: dict[str, Tensor]) -> Tensor:
+        """Features ``[B, features_dim]`` of a batch of preprocessed observations (SB3's ``preprocess_obs``).
+
+        Args:
+            observations: ``history: [B, L, D]``, ``history_len: [B, L + 1]`` (one-hot; ``[B, 1, L + 1]`` from a
+                rollout buffer) or ``[B]``/``[B, 1]``, ``query: [B, D]``, ``phase: [B, 3]`` (one-hot), other keys
+                ignored.
+        """
+        return self.head(self._raw_features(observations))
+
+    def _raw_features(self, obs: dict[str, Tensor]) -> Tensor:
+        history, query = obs["history"], obs["query"]  # [B, L, D], [B, D]
+        lengths = _lengths(obs["history_len"], self.max_patterns)  # [B]
+        create_graph = torch.is_grad_enabled() and any(p.requires_grad for p in self.memory.parameters())
+        if create_graph or self.cache_size == 0:
+            state = self.write(history, lengths, create_graph=create_graph)
+        else:
+            state = self.write_cached(history, lengths)
+        result = self.memory.read(query.unsqueeze(1), state, create_graph=create_graph)
+        retrieved = result.retrieved[:, 0]  # [B, D]
+        energies = self.memory.energies(result.iterates[[0, -1]], state)[:, :, 0].T  # [B, 2]: E(query), E(retrieved)
+        features = [retrieved, energies, query]
+        if self.use_phase:
+            features.append(obs["phase"].reshape(query.shape[0], -1))  # [B, 3] one-hot
+        if self.similarities:
+            lo, hi = self.memory.config.data_range
+            sim = -(retrieved.unsqueeze(1) - history).pow(2).mean(dim=2)  # [B, L]
+            valid = torch.arange(self.max_patterns, device=history.device) < lengths.unsqueeze(1)  # [B, L]
+            features.append(torch.where(valid, sim, torch.full_like(sim, -((hi - lo) ** 2))))
+        return torch.cat(features, dim=1)
+
+    def write(self, history: Tensor, lengths: Tensor, create_graph: bool | None = None) -> MemoryState:
+        """Write each episode's history from scratch (``θ̄``), chunk by chunk: the reference path.
+
+        Args:
+            history: ``[B, L, D]`` stored patterns, padded.
+            lengths: ``[B]`` valid rows of each history.
+            create_graph: keep the graph for gradients to the memory. Default: ``torch.is_grad_enabled()``.
+        """
+        B, L, _ = history.shape
+        longest = int(lengths.max()) if B else 0
+        if longest == 0:  # nothing stored anywhere: every memory is θ̄
+            return self.memory.initial_state(B)
+        mask = torch.arange(L, device=history.device) < lengths.unsqueeze(1)  # [B, L]
+        # Chunks past the longest history are padding in every row and would leave every memory unchanged.
+        return self.memory.write_chunked(
+            history[:, :longest], self.chunk_size, pattern_mask=mask[:, :longest], create_graph=create_graph
+        )
+
+    @torch.no_grad()
+    def write_cached(self, history: Tensor, lengths: Tensor) -> MemoryState:
+        """Same memories as :meth:`write` (to float tolerance), writing only patterns missing from the cache.
+
+        For each row, the longest history prefix ending on a chunk boundary (or the whole history) whose memory is
+        cached is looked up by its fingerprint (length + BLAKE2 digest of the rows); only the chunks after it are
+        written, for all such rows in one batch, and the memories at the new chunk boundaries are cached.
+        The cache is emptied whenever a memory parameter changes in place (an optimiser step, ``load_state_dict``:
+        their version counters move) and whenever the training mode changes (``policy.set_training_mode``: SB3
+        switches to training before every update and back before every rollout; this also covers edits through
+        ``.data``, which do not move version counters).
+        """
+        self._check_cache_version()
+        B = history.shape[0]
+        C = self.chunk_size
+        rows = np.ascontiguousarray(history.detach().cpu().numpy(), dtype=np.float32)  # [B, L, D]
+        lens = lengths.cpu().tolist()
+        theta_bar = {n: p.detach() for n, p in self.memory.energy.memory_parameters().items()}
+        start_weights: list[dict[str, Tensor]] = []
+        starts: list[int] = []
+        todo: list[list[_Key]] = []  # per row: keys of the boundaries still to write, last one = the full history
+        for b in range(B):
+            keys = _prefix_keys(rows[b], lens[b], C)  # [(0, ...), (C, ...), ..., (len, ...)]
+            hit = None
+            for i in range(len(keys) - 1, -1, -1):
+                if keys[i] in self._cache:
+                    hit = i
+                    break
+            if hit is None:  # nothing cached: start from θ̄ (prefix 0 is never stored)
+                start_weights.append(theta_bar)
+                starts.append(0)
+                todo.append(keys[1:])
+            else:
+                self._cache.move_to_end(keys[hit])
+                self.cache_hits += 1
+                start_weights.append(self._cache[keys[hit]])
+                starts.append(keys[hit][0])
+                todo.append(keys[hit + 1 :])
+        names = list(theta_bar)
+        fast = {n: torch.stack([w[n] for w in start_weights]) for n in names}  # each [B, *shape]
+        state = MemoryState(fast, torch.tensor(starts, dtype=torch.long, device=history.device))
+        rounds = max((len(t) for t in todo), default=0)
+        if rounds:
+            pos = torch.tensor(starts, device=history.device).unsqueeze(1)  # [B, 1]
+            ends = torch.as_tensor(lens, device=history.device).unsqueeze(1)  # [B, 1]
+            offsets = torch.arange(C, device=history.device)  # [C]
+            batch = torch.arange(B, device=history.device).unsqueeze(1)  # [B, 1]
+            for j in range(rounds):
+                idx = pos + j * C + offsets  # [B, C] rows of this round's chunk
+                mask = idx < ends  # [B, C]; rows without a chunk this round are all padding (unchanged)
+                chunk = history[batch, idx.clamp(max=history.shape[1] - 1)]  # [B, C, D]
+                state = self.memory.write(chunk, state, pattern_mask=mask, create_graph=False)
+                self.patterns_written += int(mask.sum())
+                for b in range(B):
+                    if j < len(todo[b]):
+                        self._store(todo[b][j], {n: w[b].clone() for n, w in state.fast_weights.items()})
+        return state
+
+    # ------------------------------------------------------------------------------------------------ cache
+    def clear_cache(self) -> None:
+        """Forget every cached memory."""
+        self._cache.clear()
+
+    def train(self, mode: bool = True) -> EBMMExtractor:
+        """Set the training mode; a change of mode empties the cache (SB3 switches before each rollout and update)."""
+        if mode != self.training:
+            self.clear_cache()
+        return super().train(mode)
+
+    def _store(self, key: _Key, weights: dict[str, Tensor]) -> None:
+        self._cache[key] = weights
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def _check_cache_version(self) -> None:
+        version = tuple((p.data_ptr(), p._version) for p in self.memory.parameters())
+        if version != self._cache_version:
+            self._cache.clear()
+            self._cache_version = version
+
+
+def _check_space(space: spaces.Space) -> None:
+    fix = "wrap the environment with ebmm_rl.rl.EpisodeMemoryWrapper (env = EpisodeMemoryWrapper(env))"
+    if not isinstance(space, spaces.Dict):
+        raise ValueError(
+            f"EBMMExtractor needs a Dict observation space with keys {list(_REQUIRED_KEYS)}, got {space}; {fix} "
+            "and use the 'MultiInputPolicy'"
+        )
+    missing = [k for k in _REQUIRED_KEYS if k not in space.spaces]
+    if missing:
+        raise ValueError(f"EBMMExtractor: the observation space lacks {missing} (it has {list(space.spaces)}); {fix}")
+    history, length, query = (space[k] for k in _REQUIRED_KEYS)
+    if not isinstance(history, spaces.Box) or len(history.shape) != 2:
+        raise ValueError(f"'history' must be a Box of shape (max_patterns, D), got {history}; {fix}")
+    if not isinstance(query, spaces.Box) or query.shape != history.shape[1:]:
+        raise ValueError(f"'query' must be a Box of shape {history.shape[1:]}, got {query}; {fix}")
+    if not isinstance(length, spaces.Discrete | spaces.Box):
+        raise ValueError(f"'history_len' must be Discrete(max_patterns + 1), got {length}; {fix}")
+
+
+def _lengths(encoded: Tensor, max_patterns: int) -> Tensor:
+    """``[B]`` history lengths from SB3's one-hot ``[B, L + 1]`` (``Discrete``) or a ``[B]``/``[B, 1]`` count."""
+    encoded = encoded.reshape(encoded.shape[0], -1)  # the rollout buffer adds a dimension: [B, 1, L + 1]
+    if encoded.shape[1] == max_patterns + 1:
+        return encoded.argmax(dim=1)
+    return encoded[:, 0].round().long().clamp(0, max_patterns)
+
+
+def _prefix_keys(rows: np.ndarray, length: int, chunk_size: int) -> list[_Key]:
+    """Fingerprints of ``rows[:P]`` for ``P = 0, C, 2C, ... < length`` and ``P = length``."""
+    digest = hashlib.blake2b(digest_size=16)
+    keys: list[_Key] = [(0, digest.digest())]
+    for start in range(0, length, chunk_size):
+        end = min(start + chunk_size, length)
+        digest.update(rows[start:end].tobytes())
+        keys.append((end, digest.copy().digest()))
+    return keys
+
+
+def _dummy_observation(space: spaces.Dict) -> dict[str, Tensor]:
+    """One preprocessed observation with an empty history (for the dry forward pass)."""
+    sample = space.sample()
+    sample["history_len"] = np.zeros_like(sample["history_len"])
+    batch = {k: np.expand_dims(np.asarray(v), 0) for k, v in sample.items()}
+    return preprocess_obs(obs_as_tensor(batch, torch.device("cpu")), space)  # type: ignore[return-value]

@@ -1,0 +1,264 @@
+"""EBMM inside SB3 agents: the episode-memory wrapper, the EBMM features extractor, the training script."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.preprocessing import preprocess_obs
+from stable_baselines3.common.utils import obs_as_tensor
+
+import envs  # noqa: F401  (registers the ids)
+from ebmm_rl import EBMMExtractor, EpisodeMemoryWrapper, MultiBinaryToMultiDiscrete
+from ebmm_rl.checkpoint import save_memory
+
+ROOT = Path(__file__).resolve().parents[1]
+FAMILIES = ("BinaryRecall", "KeyValueRecall", "ImageRecall", "Familiarity", "DelayedRecall")
+TINY = dict(energy=dict(hidden_size=16, dynamic_size=8), ebmm=dict(write_steps=2, read_steps=2))
+"""A tiny fresh memory: MLPEnergy hidden 16, dynamic 8, 2 write and 2 read steps."""
+POLICY = dict(features_extractor_class=EBMMExtractor, features_extractor_kwargs=TINY)
+PPO_TINY = dict(n_steps=32, batch_size=32, n_epochs=1, seed=0, policy_kwargs=POLICY)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_env(env_id: str = "ebmm/BinaryRecall-Easy-v0", **kwargs) -> EpisodeMemoryWrapper:
+    write_phases = (0, 1) if "Familiarity" in env_id else (0,)
+    return EpisodeMemoryWrapper(gym.make(env_id, **kwargs), write_phases=write_phases)
+
+
+def collect(env: gym.Env, steps: int, seed: int = 0) -> list[dict]:
+    """Observations of ``steps`` steps of random play (resets included)."""
+    env.action_space.seed(seed)
+    obs, _ = env.reset(seed=seed)
+    out = [obs]
+    for _ in range(steps - 1):
+        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        if terminated or truncated:
+            obs, _ = env.reset()
+        out.append(obs)
+    return out
+
+
+def as_batch(observations: list[dict], space: spaces.Dict) -> dict[str, torch.Tensor]:
+    """Stack observations and preprocess them as SB3's policy does."""
+    batch = {k: np.stack([np.asarray(o[k]) for o in observations]) for k in space.spaces}
+    return preprocess_obs(obs_as_tensor(batch, torch.device("cpu")), space)  # type: ignore[return-value]
+
+
+def extractor(env: gym.Env, **kwargs) -> EBMMExtractor:
+    torch.manual_seed(0)
+    return EBMMExtractor(env.observation_space, **{**TINY, **kwargs})
+
+
+# ------------------------------------------------------------------------------------------------- wrappers
+def test_wrapper_history_holds_the_earlier_write_patterns():
+    env = make_env("ebmm/BinaryRecall-Easy-v0")
+    obs, _ = env.reset(seed=1)
+    written = []
+    for _ in range(4):
+        assert obs["history_len"] == len(written)
+        np.testing.assert_array_equal(obs["history"][: len(written)], np.array(written).reshape(-1, 8))
+        assert (obs["history"][len(written) :] == 0).all()
+        np.testing.assert_array_equal(obs["query"], obs["pattern"])
+        if obs["phase"] == 0:
+            written.append(obs["pattern"].copy())
+        obs, _, terminated, _, _ = env.step(env.action_space.sample())
+        if terminated:
+            break
+    assert written and obs["history_len"] == 2
+    assert env.observation_space.contains(obs)
+    obs, _ = env.reset()
+    assert obs["history_len"] == 0 and (obs["history"] == 0).all()
+
+
+def test_wrapper_stores_queries_for_familiarity_after_reading_them():
+    env = make_env("ebmm/Familiarity-Easy-v0")
+    assert env.max_patterns == 2 + 4
+    obs = collect(env, 7)  # one episode (6 steps) and the first observation of the next
+    assert [int(o["history_len"]) for o in obs] == [0, 1, 2, 3, 4, 5, 0]
+    np.testing.assert_array_equal(obs[5]["history"][4], obs[4]["query"])  # the query of step 4, stored after it
+
+
+def test_wrapper_maps_uint8_images_into_the_unit_box():
+    env = EpisodeMemoryWrapper(gym.make("ebmm/ImageRecall-Pixels-v0"))
+    assert env.observation_space["history"].shape == (5, 40 * 40)
+    assert env.data_range == (0.0, 1.0)
+    obs = collect(env, 3)[-1]
+    np.testing.assert_allclose(obs["query"], obs["pattern"].reshape(-1) / 255.0, rtol=1e-6)
+    assert obs["history"].dtype == np.float32 and 0.0 <= obs["history"].min() and obs["history"].max() <= 1.0
+
+
+def test_wrapper_rejects_overflow_and_bad_spaces():
+    env = EpisodeMemoryWrapper(gym.make("ebmm/BinaryRecall-Easy-v0"), max_patterns=1)
+    with pytest.raises(ValueError, match="larger max_patterns"):
+        collect(env, 3)
+    with pytest.raises(ValueError, match="'pattern' and 'phase'"):
+        EpisodeMemoryWrapper(gym.make("CartPole-v1"), max_patterns=4)
+
+
+def test_multibinary_to_multidiscrete():
+    env = MultiBinaryToMultiDiscrete(gym.make("ebmm/BinaryRecall-Easy-v0"))
+    assert env.action_space == spaces.MultiDiscrete([2] * 8)
+    env.reset(seed=0)
+    env.step(np.ones(8, dtype=np.int64))
+
+
+# ------------------------------------------------------------------------------------------------ extractor
+def test_wrong_observation_space_names_the_wrapper():
+    with pytest.raises(ValueError, match="EpisodeMemoryWrapper"):
+        EBMMExtractor(spaces.Box(-1, 1, (8,), np.float32))
+    with pytest.raises(ValueError, match="EpisodeMemoryWrapper"):
+        EBMMExtractor(gym.make("ebmm/BinaryRecall-Easy-v0").observation_space)
+    with pytest.raises(ValueError, match="EpisodeMemoryWrapper"):
+        PPO("MultiInputPolicy", gym.make("ebmm/BinaryRecall-Easy-v0"), policy_kwargs=POLICY)
+
+
+def test_features_do_not_depend_on_the_minibatch():
+    env = make_env("ebmm/BinaryRecall-Easy-v0")
+    ext = extractor(env)
+    batch = as_batch(collect(env, 24), env.observation_space)
+    full = ext(batch)  # with grad: the from-scratch path
+    perm = torch.randperm(24, generator=torch.Generator().manual_seed(0))[:10]
+    sub = ext({k: v[perm] for k, v in batch.items()})
+    torch.testing.assert_close(sub, full[perm], rtol=1e-5, atol=1e-5)
+    assert full.shape == (24, ext.features_dim) == (24, 8 + 2 + 8 + 3)
+    with_similarities = extractor(env, similarities=True, net_arch=[4])
+    assert with_similarities.features_dim == 4 and with_similarities(batch).shape == (24, 4)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2])
+def test_cached_rollout_features_equal_uncached(chunk_size):
+    env = make_env("ebmm/Familiarity-Easy-v0")  # up to 6 stored patterns, queries stored too
+    ext = extractor(env, chunk_size=chunk_size)
+    observations = collect(env, 30)
+    batch = as_batch(observations, env.observation_space)
+    with torch.no_grad():  # step by step, as rollout collection calls the policy
+        cached = torch.cat([ext({k: v[i : i + 1] for k, v in batch.items()}) for i in range(30)])
+    assert ext.cache_hits > 0
+    assert ext.patterns_written < sum(int(o["history_len"]) for o in observations)  # it did not rewrite it all
+    reference = ext(batch)  # with grad: from scratch
+    torch.testing.assert_close(cached, reference.detach(), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # an in-place parameter change (as an optimiser step makes) must empty the cache
+        ext.memory.energy.head.weight.mul_(1.5)
+        after = ext(batch)
+    torch.testing.assert_close(after, ext(batch).detach(), rtol=1e-5, atol=1e-5)
+    ext.eval()
+    with torch.no_grad():
+        ext(batch)
+    ext.eval()  # predict() sets the mode at every call: no change, the cache stays
+    assert ext._cache
+    ext.train()  # as does a change of training mode (SB3 switches before every update and rollout)
+    assert not ext._cache
+
+
+def test_one_chunk_equals_batch_writing():
+    env = make_env("ebmm/BinaryRecall-Medium-v0")
+    ext = extractor(env, chunk_size=env.max_patterns)
+    batch = as_batch(collect(env, 9), env.observation_space)
+    i = 8  # the query step: all 8 patterns stored
+    history = batch["history"][i : i + 1]  # [1, 8, 32]
+    state = ext.memory.write(history)
+    result = ext.memory.read(batch["query"][i : i + 1].unsqueeze(1), state)
+    features = ext({k: v[i : i + 1] for k, v in batch.items()})
+    torch.testing.assert_close(features[0, :32], result.retrieved[0, 0], rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_reach_the_memory_unless_frozen():
+    env = make_env("ebmm/BinaryRecall-Easy-v0")
+    batch = as_batch(collect(env, 12), env.observation_space)
+    ext = extractor(env)
+    ext(batch).pow(2).sum().backward()
+    grads = {n: p.grad for n, p in ext.memory.named_parameters()}
+    for name in ("energy.memory.weight", "energy.hidden.weight", "write_lr_raw", "read_step_raw"):
+        assert grads[name] is not None and grads[name].abs().sum() > 0, name
+    frozen = extractor(env, freeze_memory=True, net_arch=[8])
+    frozen(batch).pow(2).sum().backward()
+    assert all(p.grad is None for p in frozen.memory.parameters())
+    assert all(p.grad is not None for p in frozen.head.parameters())
+
+
+def test_ppo_update_changes_the_memory(tmp_path):
+    env = make_env("ebmm/BinaryRecall-Easy-v0")
+    model = PPO("MultiInputPolicy", env, **PPO_TINY)
+    memory = model.policy.features_extractor.memory
+    before = {n: p.detach().clone() for n, p in memory.named_parameters()}
+    model.learn(32)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in memory.parameters())
+    assert any(not torch.equal(before[n], p) for n, p in memory.named_parameters())
+
+
+@pytest.mark.parametrize("algo", [PPO, A2C], ids=["ppo", "a2c"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_learns_on_every_easy_env(family, algo):
+    env = make_env(f"ebmm/{family}-Easy-v0")  # ImageRecall: obs_type="vector", the default
+    kwargs = PPO_TINY if algo is PPO else dict(n_steps=8, seed=0, policy_kwargs=POLICY)
+    model = algo("MultiInputPolicy", env, **kwargs)
+    model.learn(64)
+    obs, _ = env.reset(seed=0)
+    action, _ = model.predict(obs, deterministic=True)
+    assert env.action_space.contains(action)
+
+
+def test_save_load_predicts_the_same_actions(tmp_path):
+    env = make_env("ebmm/KeyValueRecall-Easy-v0")
+    model = PPO("MultiInputPolicy", env, **PPO_TINY)
+    model.learn(32)
+    model.save(tmp_path / "model.zip")
+    loaded = PPO.load(tmp_path / "model.zip")
+    for obs in collect(env, 12, seed=3):
+        assert model.predict(obs, deterministic=True)[0] == loaded.predict(obs, deterministic=True)[0]
+    torch.testing.assert_close(
+        loaded.policy.features_extractor.memory.write_lrs, model.policy.features_extractor.memory.write_lrs
+    )
+
+
+def test_memory_from_a_checkpoint(tmp_path):
+    env = make_env("ebmm/BinaryRecall-Easy-v0")
+    source = extractor(env)
+    save_memory(source.memory, tmp_path / "memory.pt")
+    loaded = EBMMExtractor(env.observation_space, memory=tmp_path / "memory.pt")
+    torch.testing.assert_close(loaded.memory.write_lrs, source.memory.write_lrs)
+    batch = as_batch(collect(env, 6), env.observation_space)
+    torch.testing.assert_close(loaded(batch), source(batch))
+    with pytest.raises(ValueError, match="data_range"):
+        images = EpisodeMemoryWrapper(gym.make("ebmm/BinaryRecall-Easy-v0"), data_range=(0.0, 1.0))
+        EBMMExtractor(images.observation_space, memory=source.memory)
+
+
+def test_recurrent_ppo_runs_with_the_action_wrapper():
+    from sb3_contrib import RecurrentPPO
+
+    env = MultiBinaryToMultiDiscrete(gym.make("ebmm/BinaryRecall-Easy-v0"))
+    kwargs = dict(n_steps=32, batch_size=32, n_epochs=1, seed=0, policy_kwargs=dict(lstm_hidden_size=8, net_arch=[8]))
+    model = RecurrentPPO("MultiInputLstmPolicy", env, **kwargs)
+    model.learn(32)
+
+
+# ------------------------------------------------------------------------------------------------ agents
+@pytest.mark.parametrize("memory", ["ebmm", "mlp"])
+def test_train_script_runs(tmp_path, memory):
+    args = [
+        "--env", "ebmm/BinaryRecall-Easy-v0", "--memory", memory, "--total-timesteps", "64", "--n-steps", "32",
+        "--batch-size", "32", "--eval-freq", "32", "--eval-episodes", "2", "--run-root", str(tmp_path),
+        "--hidden-size", "16", "--dynamic-size", "8", "--write-steps", "2", "--read-steps", "2",
+    ]  # fmt: skip
+    command = [sys.executable, "-m", "agents.train", *args]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (run_dir,) = tmp_path.iterdir()
+    assert run_dir.name.startswith(f"ebmm-BinaryRecall-Easy-v0__{memory}__0__")
+    assert (run_dir / "model.zip").exists()
