@@ -8,14 +8,29 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ebmm_rl.checkpoint import load_memory, save_memory
+from ebmm_rl.memory import EBMMConfig, EBMMemory, MemoryState, MetaOutput, ReadResult
+
 if TYPE_CHECKING:
     from ebmm_rl.rl import EBMMExtractor, EpisodeMemoryWrapper, MultiBinaryToMultiDiscrete
 
-__all__ = ["EBMMExtractor", "EpisodeMemoryWrapper", "MultiBinaryToMultiDiscrete"]
+_LAZY = ("EBMMExtractor", "EpisodeMemoryWrapper", "MultiBinaryToMultiDiscrete")
+__all__ = [
+    "EBMMConfig",
+    "EBMMemory",
+    "EBMMExtractor",
+    "EpisodeMemoryWrapper",
+    "MemoryState",
+    "MetaOutput",
+    "MultiBinaryToMultiDiscrete",
+    "ReadResult",
+    "load_memory",
+    "save_memory",
+]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
+    if name in _LAZY:
         import ebmm_rl.rl
 
         return getattr(ebmm_rl.rl, name)
