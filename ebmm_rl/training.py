@@ -174,7 +174,7 @@ class MetaTrainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.step = int(ckpt["step"])
         self.skipped_total = int(ckpt["skipped_total"])
-        self.generator.set_state(ckpt["generator"].cpu() if self.device.type == "cpu" else ckpt["generator"])
+        self.generator.set_state(ckpt["generator"].cpu())  # generator states are CPU byte tensors
 
     # ---------------------------------------------------------------------------------------------- training
     def train_step(self) -> StepStats:

@@ -37,6 +37,13 @@ Choices common to all three, where the paper's pseudocode (App. C) leaves things
 * The energy head (``x = Linear(1024)(x); energy = Linear(1)``) reads the final ``hidden_state``, flattened,
   after the loop. C.3/C.4 put it inside the loop and all three read ``x``, which would leave the recurrence
   unused; C.2 reads its state the same way.
+* Biases start at zero (He init, paper App. A) except the bias of the first convolution, the one that reads
+  the image, which starts at PyTorch's default ``U(±1/√fan_in)`` (:func:`init_input_bias_`). With every bias
+  zero, every layer maps 0 to 0 (``conv(0) = 0``, ``LN(0) = 0``, ``tanh(0) = 0``), so an all-zero image puts
+  every LayerNorm at a zero-variance input, where its Jacobian is ``(I − 11ᵀ/n)/√eps ≈ 316·(I − 11ᵀ/n)``;
+  the ~10 norms between the energy and the image multiply to ``‖∇ₓE‖ ≳ 1e24``, ``‖∇ₓE‖²`` overflows float32
+  in the writing loss and its gradient is NaN. A non-zero first bias makes ``conv(0)`` vary across channels,
+  and ``‖∇ₓE‖`` at the zero image is then as moderate as anywhere else.
 * Static layers run on all patterns at once, ``[M*B, C, H, W]`` in pattern-major order (row ``m*B + b`` is
   pattern ``m`` of episode ``b``): that is the layout :class:`~ebmm_rl.layers.MemoryConv2d`'s grouped
   convolution reads and writes, so writable convolutions need no copies in or out, only the input image is
@@ -46,6 +53,7 @@ Choices common to all three, where the paper's pseudocode (App. C) leaves things
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -75,6 +83,23 @@ def downscale(x: Tensor) -> Tensor:
 def layer_norm_2d(channels: int) -> nn.GroupNorm:
     """LayerNorm over (C, H, W) of each pattern, with a per-channel gain and bias."""
     return nn.GroupNorm(1, channels)
+
+
+def init_input_bias_(conv: nn.Conv2d) -> None:
+    """Initialise the bias of the convolution that reads the image to PyTorch's default ``U(±1/√fan_in)``.
+
+    He initialisation with zero biases makes the all-zero image a point where every LayerNorm sees a
+    zero-variance input and ``∇ₓE`` explodes (1e24 and more; its square overflows and the writing loss's
+    meta-gradient is NaN; see the module docstring). A bias that varies across channels removes that point.
+
+    Args:
+        conv: the first convolution of the network (its ``bias`` must exist).
+    """
+    if conv.bias is None:
+        raise ValueError("init_input_bias_ needs a convolution with a bias")
+    fan_in = conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
+    bound = 1.0 / math.sqrt(fan_in)
+    nn.init.uniform_(conv.bias, -bound, bound)
 
 
 def memory_conv(layer: MemoryConv2d, x: Tensor, fast: FastWeights, episodes: int) -> Tensor:
@@ -186,7 +211,7 @@ class ConvRecurrentHead(nn.Module):
         self.update_gate = nn.Conv2d(in_channels + hidden_size, hidden_size, 1)
         self.update_gate_norm = layer_norm_2d(hidden_size)
         self.head = nn.Linear(hidden_size * feature_size * feature_size, head_size)
-        self.energy = nn.Linear(head_size, 1)
+        self.energy = nn.Linear(head_size, 1, bias=False)  # a constant offset never gets a meta-gradient
 
     def forward(self, x: Tensor) -> Tensor:
         """Energies ``[N]`` of features ``x: [N, in_channels, S, S]``."""
@@ -305,8 +330,9 @@ class ResNetFCEnergy(EnergyNet):
         self.hidden_norm = nn.LayerNorm(h)
         self.gate = nn.Linear(r + h, h)
         self.head = nn.Linear(h, config.head_size)
-        self.energy = nn.Linear(config.head_size, 1)
+        self.energy = nn.Linear(config.head_size, 1, bias=False)  # a constant offset never gets a meta-gradient
         he_init_(self)
+        init_input_bias_(self.encoder.block1.conv1)  # no all-zero fixed point (module docstring)
 
     def forward(self, x: Tensor, fast: FastWeights) -> Tensor:
         """Energies ``[B, M]`` of images ``x: [B, M, C, H, W]``."""
@@ -496,6 +522,7 @@ class ResNetConvEnergy(EnergyNet):
             4 * c, config.hidden_size, config.feature_size, config.hops, config.head_size
         )
         he_init_(self)
+        init_input_bias_(self.block1.conv1)  # no all-zero fixed point (module docstring)
 
     def forward(self, x: Tensor, fast: FastWeights) -> Tensor:
         """Energies ``[B, M]`` of images ``x: [B, M, C, H, W]``."""
@@ -633,6 +660,7 @@ class ResNetLowerConvEnergy(EnergyNet):
             4 * c, config.hidden_size, config.feature_size, config.hops, config.head_size
         )
         he_init_(self)
+        init_input_bias_(self.block1.conv1)  # no all-zero fixed point (module docstring)
 
     def forward(self, x: Tensor, fast: FastWeights) -> Tensor:
         """Energies ``[B, M]`` of images ``x: [B, M, C, H, W]``."""
