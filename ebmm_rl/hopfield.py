@@ -29,8 +29,8 @@ converge; clamped (known) bits act as a fixed external field and never change. T
 episodes and queries at once; the only Python loop is over units within a sweep, which is inherent to
 asynchronous updates, and converged queries leave the active set after each sweep.
 
-Reproduction of the paper's Table 1 (``python scripts/eval_hopfield.py``: 1000 batches of 32 episodes, seed 0;
-mean error bits for N = 16/32/48/64/96, paper values in brackets):
+Reproduction of the paper's Table 1 (``python scripts/eval_binary.py --batch-size 32``: 1000 batches of 32
+episodes, seed 0; mean error bits for N = 16/32/48/64/96, paper values in brackets):
 
 * Hebb: 0.4/4.8/9.7/12.8/16.4 (0.4/5.0/9.8/13.0/16.5).
 * Storkey (``storkey_field="full"``): 0.0/1.1/6.7/11.6/17.5 (0.0/0.9/6.3/11.3/17.1).

@@ -149,26 +149,22 @@ def test_bad_input_raises_helpful_value_error(call, match):
         call()
 
 
-def test_eval_hopfield_script_smoke():
+def test_eval_binary_script_smoke(tmp_path):
+    from ebmm_rl.checkpoint import save_memory
+    from ebmm_rl.energy import GatedRNNConfig, GatedRNNEnergy
+    from ebmm_rl.memory import EBMMConfig, EBMMemory
+
+    checkpoint = tmp_path / "ebmm.pt"
+    energy = GatedRNNEnergy(GatedRNNConfig(hidden_size=72, dynamic_size=64, hops=2))
+    save_memory(EBMMemory(energy, EBMMConfig(data_range=(-1.0, 1.0), write_steps=1, read_steps=1)), checkpoint)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
-    cmd = [
-        sys.executable,
-        str(REPO_ROOT / "scripts" / "eval_hopfield.py"),
-        "--num-batches",
-        "5",
-        "--batch-size",
-        "2",
-        "--patterns",
-        "16",
-        "32",
-        "--threads",
-        "1",
-    ]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
+    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "eval_binary.py"), "--num-batches", "5", "--batch-size", "2"]
+    cmd += ["--patterns", "16", "32", "--threads", "1", "--ebmm", str(checkpoint)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "| model | N = 16 | N = 32 |" in out
-    for row in ("| Hebb |", "| Storkey |", "| pseudo-inverse |"):
+    for row in ("| Hebb |", "| Storkey |", "| pseudo-inverse |", "| EBMM RNN (trained at N=?", "| EBMM RNN (paper) |"):
         assert row in out
     assert "paper 0.4" in out
     assert "wall time" in out
