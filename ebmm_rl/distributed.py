@@ -45,7 +45,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ebmm_rl.checkpoint import load_checkpoint, save_atomic
 from ebmm_rl.memory import EBMMemory
-from ebmm_rl.training import MetaTrainer, Sampler, StepStats, TrainConfig, TrainingDiverged
+from ebmm_rl.training import MetaTrainer, Sampler, StepStats, TrainConfig
 
 __all__ = [
     "DistributedContext",
@@ -295,19 +295,5 @@ class DistributedMetaTrainer(MetaTrainer):
         dist.all_reduce(means, op=dist.ReduceOp.SUM)
         means /= world
         loss, errors = float(means[0]), means[1:].tolist()
-        if skipped:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.skipped_total += 1
-            self.consecutive_skips += 1
-            if self.consecutive_skips >= self.config.max_consecutive_skips:
-                raise TrainingDiverged(
-                    f"meta-training diverged: {self.consecutive_skips} consecutive steps had a non-finite loss or "
-                    f"a gradient norm above {self.config.skip_grad_norm:g} on some rank (last: mean loss "
-                    f"{loss:.4g}, grad norm {grad_norm:.4g}) at step {self.step}. Lower the learning rates (lr, "
-                    f"schedule_lr) or the step-size bounds, or resume from an earlier checkpoint."
-                )
-        else:
-            self.optimizer.step()
-            self.consecutive_skips = 0
-        self.step += 1
+        self._apply_or_skip(skipped, loss, grad_norm)
         return StepStats(self.step, loss, errors, grad_norm, skipped, patterns.shape[0] * world)

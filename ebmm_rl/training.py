@@ -191,6 +191,11 @@ class MetaTrainer:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip))
             skipped = not math.isfinite(grad_norm) or grad_norm > self.config.skip_grad_norm
+        self._apply_or_skip(skipped, float(loss.detach()), grad_norm)
+        return StepStats(self.step, float(loss.detach()), out.errors.tolist(), grad_norm, skipped, patterns.shape[0])
+
+    def _apply_or_skip(self, skipped: bool, loss: float, grad_norm: float) -> None:
+        """Take the optimiser step, or count a skipped one (and stop after too many in a row); advance ``step``."""
         if skipped:
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped_total += 1
@@ -198,7 +203,7 @@ class MetaTrainer:
             if self.consecutive_skips >= self.config.max_consecutive_skips:
                 raise TrainingDiverged(
                     f"meta-training diverged: {self.consecutive_skips} consecutive steps had a non-finite loss or "
-                    f"a gradient norm above {self.config.skip_grad_norm:g} (last: loss {loss.item():.4g}, "
+                    f"a gradient norm above {self.config.skip_grad_norm:g} (last: loss {loss:.4g}, "
                     f"grad norm {grad_norm:.4g}) at step {self.step}. Lower the learning rates (lr, "
                     f"schedule_lr) or the step-size bounds (EBMMConfig.read_step_max, max_prior_step), or "
                     f"resume from an earlier checkpoint."
@@ -207,7 +212,6 @@ class MetaTrainer:
             self.optimizer.step()
             self.consecutive_skips = 0
         self.step += 1
-        return StepStats(self.step, float(loss.detach()), out.errors.tolist(), grad_norm, skipped, patterns.shape[0])
 
     def train(self, resume: bool = False) -> dict[str, float]:
         """Train up to ``config.steps`` meta-steps; with ``resume``, continue from ``run_dir/checkpoint.pt``.
