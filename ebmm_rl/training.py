@@ -33,6 +33,8 @@ Sampler = Callable[[torch.Generator], Batch]
 """Draws one meta-training batch using only the given generator (on the trainer's device)."""
 
 CHECKPOINT_NAME = "checkpoint.pt"
+BEST_NAME = "best.pt"
+"""Checkpoint of the best evaluation so far (lowest first value of the ``evaluate`` callback)."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -102,6 +104,7 @@ class MetaTrainer:
         run_dir: folder for TensorBoard events and ``checkpoint.pt``; ``None`` logs and saves nothing.
         hparams: extra values logged as a text table and stored in checkpoints (e.g. the script's arguments).
         evaluate: optional ``evaluate(memory) -> {name: value}``, run every ``eval_every`` steps and at the end.
+            Its first value is the score (lower is better): the best evaluation is also saved as ``best.pt``.
     """
 
     def __init__(
@@ -137,6 +140,7 @@ class MetaTrainer:
         self.step = 0
         self.skipped_total = 0
         self.consecutive_skips = 0
+        self.best_score = math.inf
         self._writer = None
 
     # -------------------------------------------------------------------------------------------- checkpoints
@@ -153,6 +157,7 @@ class MetaTrainer:
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "skipped_total": self.skipped_total,
+            "best_score": self.best_score,
             "generator": self.generator.get_state(),
             "train_config": dataclasses.asdict(self.config),
             "hparams": _plain(self.hparams),
@@ -174,6 +179,7 @@ class MetaTrainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.step = int(ckpt["step"])
         self.skipped_total = int(ckpt["skipped_total"])
+        self.best_score = float(ckpt.get("best_score", math.inf))
         self.generator.set_state(ckpt["generator"].cpu())  # generator states are CPU byte tensors
 
     # ---------------------------------------------------------------------------------------------- training
@@ -247,7 +253,12 @@ class MetaTrainer:
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.evaluate is not None:
                     last = self._run_eval(writer)
                 if self.run_dir is not None and self.step % cfg.checkpoint_every == 0:
-                    self.save_checkpoint()
+                    if self.consecutive_skips == 0:
+                        self.save_checkpoint()
+                    else:  # weights that just produced exploding gradients must not replace a good checkpoint
+                        bar.write(
+                            f"step {self.step}: checkpoint not written ({self.consecutive_skips} skipped in a row)"
+                        )
         finally:
             bar.close()
         if self.run_dir is not None:
@@ -299,6 +310,10 @@ class MetaTrainer:
             for name, value in results.items():
                 writer.add_scalar(f"eval/{name}", value, self.step)
         tqdm.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
+        score = next(iter(results.values()), math.nan)
+        if self.run_dir is not None and score < self.best_score:  # training can still diverge later: keep the best
+            self.best_score = score
+            self.save_checkpoint(self.run_dir / BEST_NAME)
         return results
 
 

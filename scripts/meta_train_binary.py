@@ -163,7 +163,7 @@ def main(args: Args) -> None:
         f"N={args.num_patterns}: {result['error_bits']:.2f} error bits "
         f"(p5 {result['error_bits_p5']:.2f}, p95 {result['error_bits_p95']:.2f}, {args.eval_batches} batches of "
         f"{args.batch_size}) after {trainer.step} steps, {minutes:.1f} min this session on {args.device}; "
-        f"checkpoint {trainer.checkpoint_path}"
+        f"checkpoint {trainer.checkpoint_path} (best evaluation: {run_dir / 'best.pt'})"
     )
 
 

@@ -124,3 +124,22 @@ def test_tensorboard_scalars_are_written(tmp_path):
     expected = {"meta/loss", "meta/grad_norm", "read/error_k3", "read/gamma_k1", "read/psi_k3", "write/alpha"}
     assert expected <= tags
     assert "write/lr_memory_energy_t2" in tags and "charts/episodes_per_s" in tags
+
+
+def test_best_evaluation_is_kept_and_skipping_runs_do_not_overwrite(tmp_path):
+    scores = iter([3.0, 1.0, 2.0])
+    evaluations = []
+
+    def evaluate(memory):
+        evaluations.append({k: v.clone() for k, v in memory.state_dict().items()})
+        return {"error": next(scores)}
+
+    trainer = MetaTrainer(
+        tiny_memory(), sampler, config(steps=3, eval_every=1, checkpoint_every=1), tmp_path, evaluate=evaluate
+    )
+    trainer.train()
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["step"] == 2 and best["best_score"] == 1.0
+    for k, v in best["model"].items():
+        assert torch.equal(v, evaluations[1][k])
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3
