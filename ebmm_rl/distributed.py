@@ -45,7 +45,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ebmm_rl.checkpoint import load_checkpoint, save_atomic
 from ebmm_rl.memory import EBMMemory
-from ebmm_rl.training import MetaTrainer, Sampler, StepStats, TrainConfig
+from ebmm_rl.training import BEST_NAME, MetaTrainer, Sampler, StepStats, TrainConfig
 
 __all__ = [
     "DistributedContext",
@@ -235,6 +235,11 @@ class DistributedMetaTrainer(MetaTrainer):
             dist.all_gather_object(generators, self.generator.get_state().cpu())
         state["rank_generators"] = generators
         return state
+
+    def _save_best(self) -> None:
+        """Rank 0 writes ``best.pt`` alone: evaluation may run on one rank only, so no collective call here."""
+        if self.context.is_main and self.run_dir is not None:
+            save_atomic(MetaTrainer.state_dict(self), self.run_dir / BEST_NAME)
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path | None:
         """Write a checkpoint from rank 0; every rank must call this (it gathers the generator states).

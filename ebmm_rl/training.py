@@ -313,8 +313,12 @@ class MetaTrainer:
         score = next(iter(results.values()), math.nan)
         if self.run_dir is not None and score < self.best_score:  # training can still diverge later: keep the best
             self.best_score = score
-            self.save_checkpoint(self.run_dir / BEST_NAME)
+            self._save_best()
         return results
+
+    def _save_best(self) -> None:
+        """Write ``run_dir/best.pt`` (called only where evaluation runs)."""
+        self.save_checkpoint(self.run_dir / BEST_NAME)
 
 
 def _plain(values: dict[str, Any]) -> dict[str, Any]:
