@@ -239,8 +239,30 @@ class ConvRecurrentHead(nn.Module):
 # ------------------------------------------------------------------------------------------------------------
 
 
+class _ImagePresets:
+    """Data-set presets and the pattern shape shared by the image energy configs (frozen dataclasses)."""
+
+    in_channels: int
+    image_size: int
+
+    @classmethod
+    def omniglot(cls, **overrides: object):
+        """Omniglot, 1×32×32 with values in [0, 1]; ``overrides`` replace any field."""
+        return cls(**{"in_channels": 1, "image_size": 32, **overrides})
+
+    @classmethod
+    def cifar10(cls, **overrides: object):
+        """CIFAR-10, 3×32×32; ``overrides`` replace any field."""
+        return cls(**{"in_channels": 3, "image_size": 32, **overrides})
+
+    @property
+    def data_shape(self) -> tuple[int, int, int]:
+        """Shape of one pattern, ``(C, H, W)``."""
+        return (self.in_channels, self.image_size, self.image_size)
+
+
 @dataclass(frozen=True)
-class ResNetFCConfig:
+class ResNetFCConfig(_ImagePresets):
     """Sizes of the ResNet energy with fully-connected memory (paper App. C.2).
 
     Attributes:
@@ -265,21 +287,6 @@ class ResNetFCConfig:
     dynamic_size: int = 32
     hops: int = 3
     head_size: int = 1024
-
-    @classmethod
-    def omniglot(cls, **overrides: int) -> ResNetFCConfig:
-        """Omniglot, 1×32×32 with values in [0, 1]; ``overrides`` replace any field."""
-        return cls(**{"in_channels": 1, "image_size": 32, **overrides})
-
-    @classmethod
-    def cifar10(cls, **overrides: int) -> ResNetFCConfig:
-        """CIFAR-10, 3×32×32; ``overrides`` replace any field."""
-        return cls(**{"in_channels": 3, "image_size": 32, **overrides})
-
-    @property
-    def data_shape(self) -> tuple[int, int, int]:
-        """Shape of one pattern, ``(C, H, W)``."""
-        return (self.in_channels, self.image_size, self.image_size)
 
     @property
     def memory_size(self) -> int:
@@ -403,7 +410,7 @@ class MemoryBottleneck(nn.Module):
 
 
 @dataclass(frozen=True)
-class ResNetConvConfig:
+class ResNetConvConfig(_ImagePresets):
     """Sizes of the ResNet energy with convolutional memory (paper App. C.3, and C.4 for ImageNet 64×64).
 
     Two ResBlocks (``channels·1``, ``·2``, each halving H and W), then one :class:`MemoryBottleneck` per entry
@@ -432,16 +439,6 @@ class ResNetConvConfig:
     head_size: int = 1024
 
     @classmethod
-    def omniglot(cls, **overrides: object) -> ResNetConvConfig:
-        """Omniglot (C.3), 1×32×32 with values in [0, 1]; ``overrides`` replace any field."""
-        return cls(**{"in_channels": 1, "image_size": 32, **overrides})
-
-    @classmethod
-    def cifar10(cls, **overrides: object) -> ResNetConvConfig:
-        """CIFAR-10 (C.3), 3×32×32; ``overrides`` replace any field."""
-        return cls(**{"in_channels": 3, "image_size": 32, **overrides})
-
-    @classmethod
     def imagenet64(cls, **overrides: object) -> ResNetConvConfig:
         """ImageNet 64×64 (C.4): channels 64, hidden 256, two downscaling bottlenecks; 3×64×64."""
         preset = {
@@ -453,11 +450,6 @@ class ResNetConvConfig:
             "bottleneck_downscale": (True, True),
         }
         return cls(**{**preset, **overrides})
-
-    @property
-    def data_shape(self) -> tuple[int, int, int]:
-        """Shape of one pattern, ``(C, H, W)``."""
-        return (self.in_channels, self.image_size, self.image_size)
 
     @property
     def feature_size(self) -> int:
@@ -572,7 +564,7 @@ class LowerMemoryBlock(nn.Module):
 
 
 @dataclass(frozen=True)
-class ResNetLowerConvConfig:
+class ResNetLowerConvConfig(_ImagePresets):
     """Sizes of the ResNet energy with lower-level convolutional memory (paper App. C.5).
 
     Attributes:
@@ -593,21 +585,6 @@ class ResNetLowerConvConfig:
     dynamic_size: int = 8
     hops: int = 3
     head_size: int = 1024
-
-    @classmethod
-    def omniglot(cls, **overrides: int) -> ResNetLowerConvConfig:
-        """Omniglot, 1×32×32 with values in [0, 1] (the paper's use of C.5, App. A.7)."""
-        return cls(**{"in_channels": 1, "image_size": 32, **overrides})
-
-    @classmethod
-    def cifar10(cls, **overrides: int) -> ResNetLowerConvConfig:
-        """CIFAR-10, 3×32×32; ``overrides`` replace any field."""
-        return cls(**{"in_channels": 3, "image_size": 32, **overrides})
-
-    @property
-    def data_shape(self) -> tuple[int, int, int]:
-        """Shape of one pattern, ``(C, H, W)``."""
-        return (self.in_channels, self.image_size, self.image_size)
 
     @property
     def feature_size(self) -> int:
