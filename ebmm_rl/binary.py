@@ -68,7 +68,7 @@ Summary = dict[str, float]
 """Output of :func:`summarize`: ``{"mean": ..., "p5": ..., "p95": ..., "num_batches": ...}``."""
 
 
-def _check_pm1(x: Tensor, name: str) -> None:
+def check_pm1(x: Tensor, name: str) -> None:
     """Raise ValueError unless every entry of ``x`` is -1 or +1."""
     if not bool(((x == 1) | (x == -1)).all()):
         bad = x[(x != 1) & (x != -1)].flatten()[:3].tolist()
@@ -78,7 +78,7 @@ def _check_pm1(x: Tensor, name: str) -> None:
         )
 
 
-def _check_bnd(x: Tensor, name: str) -> None:
+def check_pattern_batch(x: Tensor, name: str) -> None:
     """Raise ValueError unless ``x`` is a non-empty floating tensor of shape [B, N, D]."""
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of shape [B, N, D], got {type(x).__name__}.")
@@ -149,8 +149,8 @@ def corrupt(
         ValueError: If ``patterns`` is not a non-empty [B, N, D] tensor of -1/+1 values or ``num_corrupted``
             is out of range.
     """
-    _check_bnd(patterns, "patterns")
-    _check_pm1(patterns, "patterns")
+    check_pattern_batch(patterns, "patterns")
+    check_pm1(patterns, "patterns")
     dim = patterns.shape[-1]
     if not 0 <= int(num_corrupted) <= dim:
         raise ValueError(f"num_corrupted must be between 0 and the pattern size {dim}, got {num_corrupted}.")
@@ -179,14 +179,14 @@ def error_bits(retrieved: Tensor, patterns: Tensor) -> Tensor:
     Raises:
         ValueError: On shape mismatch, wrong rank, empty input or non -1/+1 ``patterns``.
     """
-    _check_bnd(patterns, "patterns")
-    _check_bnd(retrieved, "retrieved")
+    check_pattern_batch(patterns, "patterns")
+    check_pattern_batch(retrieved, "retrieved")
     if retrieved.shape != patterns.shape:
         raise ValueError(
             f"retrieved and patterns must have the same shape [B, N, D], got {tuple(retrieved.shape)} and "
             f"{tuple(patterns.shape)}; query every stored pattern once, in the order it was written."
         )
-    _check_pm1(patterns, "patterns")
+    check_pm1(patterns, "patterns")
     retrieved_sign = torch.where(retrieved >= 0, 1.0, -1.0).to(patterns.dtype)
     return (retrieved_sign != patterns).sum(dim=-1).to(torch.float32)
 

@@ -48,6 +48,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ebmm_rl.binary import check_pattern_batch, check_pm1
+
 __all__ = [
     "HebbMemory",
     "HopfieldConfig",
@@ -116,33 +118,15 @@ class HopfieldState:
         return self.weights.shape[0]
 
 
-def _check_pm1(x: Tensor, name: str) -> None:
-    if not bool(((x == 1) | (x == -1)).all()):
-        bad = x[(x != 1) & (x != -1)].flatten()[:3].tolist()
-        raise ValueError(
-            f"{name} must contain only -1.0 and +1.0, found e.g. {bad}; Hopfield units are binary, so "
-            f"binarise first (torch.where(x >= 0, 1.0, -1.0)) or map {{0, 1}} bits with 2 * bits - 1."
-        )
-
-
 def _check_bnd(x: Tensor, name: str, dim: int) -> None:
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape [B, N, D], got {type(x).__name__}.")
-    if x.dim() != 3:
-        raise ValueError(
-            f"{name} must have shape [B, N, D] (episodes, patterns, bits), got shape {tuple(x.shape)}; "
-            f"add a batch dimension with {name}.unsqueeze(0) for a single episode."
-        )
-    if x.numel() == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); B, N and D must all be at least 1.")
+    """The checks of :func:`ebmm_rl.binary.check_pattern_batch` and ±1 values, plus this memory's size ``dim``."""
+    check_pattern_batch(x, name)
     if x.shape[-1] != dim:
         raise ValueError(
             f"{name} has {x.shape[-1]} bits per pattern but this memory has dim={dim}; build the memory with "
             f"HopfieldConfig(dim={x.shape[-1]})."
         )
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}; use {name}.float().")
-    _check_pm1(x, name)
+    check_pm1(x, name)
 
 
 def _zero_diagonal_(weights: Tensor) -> Tensor:
