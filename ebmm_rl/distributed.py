@@ -43,7 +43,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ebmm_rl.checkpoint import load_checkpoint, save_atomic
+from ebmm_rl.checkpoint import save_atomic
 from ebmm_rl.memory import EBMMemory
 from ebmm_rl.training import BEST_NAME, MetaTrainer, Sampler, StepStats, TrainConfig
 
@@ -256,14 +256,9 @@ class DistributedMetaTrainer(MetaTrainer):
         save_atomic(state, path)
         return path
 
-    def load_checkpoint(self, path: str | Path | None = None) -> None:
-        """Restore model, optimiser, counters and this rank's own batch generator (every rank reads the file)."""
-        path = Path(path) if path is not None else self.checkpoint_path
-        ckpt = load_checkpoint(path, map_location=self.device)
-        self.memory.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.step = int(ckpt["step"])
-        self.skipped_total = int(ckpt["skipped_total"])
+    def load_checkpoint(self, path: str | Path | None = None) -> dict[str, Any]:
+        """Restore as the base trainer does, then this rank's own batch generator (every rank reads the file)."""
+        ckpt = super().load_checkpoint(path)
         states = ckpt.get("rank_generators") or [ckpt["generator"]]
         if self.context.rank < len(states):
             self.generator.set_state(states[self.context.rank].cpu())  # generator states are CPU byte tensors
@@ -274,6 +269,7 @@ class DistributedMetaTrainer(MetaTrainer):
                 stacklevel=2,
             )
             self.generator.manual_seed(rank_seed(self.config.seed, self.context.rank) + self.step)
+        return ckpt
 
     def _tensorboard(self):
         return super()._tensorboard() if self.context.is_main else None

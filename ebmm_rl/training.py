@@ -171,8 +171,8 @@ class MetaTrainer:
         save_atomic(self.state_dict(), path)
         return path
 
-    def load_checkpoint(self, path: str | Path | None = None) -> None:
-        """Restore model, optimiser, step counter and batch generator from a checkpoint."""
+    def load_checkpoint(self, path: str | Path | None = None) -> dict[str, Any]:
+        """Restore model, optimiser, step counter and batch generator from a checkpoint; returns its contents."""
         path = Path(path) if path is not None else self.checkpoint_path
         ckpt = load_checkpoint(path, map_location=self.device)
         self.memory.load_state_dict(ckpt["model"])
@@ -181,6 +181,7 @@ class MetaTrainer:
         self.skipped_total = int(ckpt["skipped_total"])
         self.best_score = float(ckpt.get("best_score", math.inf))
         self.generator.set_state(ckpt["generator"].cpu())  # generator states are CPU byte tensors
+        return ckpt
 
     # ---------------------------------------------------------------------------------------------- training
     def train_step(self) -> StepStats:
