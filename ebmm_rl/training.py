@@ -1,4 +1,9 @@
-"""Meta-training of an :class:`EBMMemory` (paper eq. 5): a reusable trainer with guards and checkpoints.
+"""Meta-training of an :class:`EBMMemory` (paper eq. 5) or a baseline memory: a trainer with guards and checkpoints.
+
+Any ``nn.Module`` whose ``forward(patterns, queries, known_mask)`` returns a :class:`~ebmm_rl.memory.MetaOutput`
+(``loss``, ``errors`` per read step) and that :mod:`ebmm_rl.checkpoint` can describe can be trained; a
+``schedule_parameters()`` method (EBMM's step sizes) is optional, and EBMM's write/read schedules are logged
+to TensorBoard only for EBMM.
 
 The trainer samples a batch ``(patterns, queries, known_mask)`` from a user sampler driven by its own
 ``torch.Generator`` (so a resumed run draws exactly the batches an uninterrupted one would), writes and reads
@@ -8,20 +13,31 @@ Divergence guards (DESIGN.md: the binary model diverged without them): a step wh
 non-finite, or whose gradient norm exceeds ``skip_grad_norm``, is skipped and counted (TensorBoard
 ``meta/skipped_steps``); after ``max_consecutive_skips`` skips in a row training stops with
 :class:`TrainingDiverged`. The write and read step sizes are bounded inside :class:`EBMMemory`.
+
+Skipping alone does not rescue a run whose weights have reached a region where every batch explodes (seen on
+the binary model at N = 64 around step 2000: gradient norms jumped from about 1e2 to 1e11-1e15 and stayed
+there). With ``rollback_after > 0`` the trainer then restores the weights and optimiser state of its last
+checkpoint-time snapshot taken while training was healthy and multiplies every learning rate by
+``rollback_lr_factor`` (TensorBoard ``meta/rollbacks`` and ``meta/lr_*``), instead of skipping on.
+
+Learning-rate schedule: ``"constant"`` (the paper) or ``"cosine"`` (decay from the base rate to
+``min_lr_ratio`` times it over ``steps``). The rate is a pure function of the step and the group's base rate,
+which lives in the optimiser state, so a resumed run follows the schedule exactly.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ebmm_rl.checkpoint import load_checkpoint, memory_spec, save_atomic
@@ -56,6 +72,14 @@ class TrainConfig:
         log_every: steps between TensorBoard scalars.
         checkpoint_every: steps between checkpoints (one is always written at the end).
         eval_every: steps between calls of the ``evaluate`` callback (0: never during training).
+        lr_schedule: ``"constant"`` or ``"cosine"`` (to ``min_lr_ratio`` of the base rate at ``steps``).
+        min_lr_ratio: final learning rate of the cosine schedule, as a fraction of the base rate.
+        rollback_after: after this many skipped steps in a row, restore the last healthy snapshot (taken every
+            ``checkpoint_every`` steps) and scale the learning rates by ``rollback_lr_factor``; 0 disables it.
+        rollback_lr_factor: learning-rate multiplier applied at each rollback.
+        time_limit_s: stop after this many seconds of this process's CPU time in :meth:`MetaTrainer.train`
+            (one core's time when torch uses one thread), then checkpoint and evaluate as at the end; 0: no
+            limit. A compute budget that does not depend on how busy a shared machine is.
         seed: seed of the batch generator and of the weights' initialisation.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         progress: show a progress bar.
@@ -71,6 +95,11 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 200
     eval_every: int = 0
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    min_lr_ratio: float = 0.05
+    rollback_after: int = 0
+    rollback_lr_factor: float = 0.5
+    time_limit_s: float = 0.0
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
@@ -79,6 +108,17 @@ class TrainConfig:
         if self.steps < 0 or self.lr <= 0 or self.grad_clip <= 0 or self.log_every < 1 or self.checkpoint_every < 1:
             raise ValueError(
                 "TrainConfig: need steps >= 0, lr > 0, grad_clip > 0, log_every >= 1, checkpoint_every >= 1"
+            )
+        if self.time_limit_s < 0:
+            raise ValueError(f"TrainConfig.time_limit_s must be >= 0 (0: no limit), got {self.time_limit_s}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"TrainConfig.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0 or not 0.0 < self.rollback_lr_factor <= 1.0:
+            raise ValueError("TrainConfig: need 0 <= min_lr_ratio <= 1 and 0 < rollback_lr_factor <= 1")
+        if self.rollback_after < 0 or (self.rollback_after and self.rollback_after >= self.max_consecutive_skips):
+            raise ValueError(
+                "TrainConfig.rollback_after must be 0 (off) or smaller than max_consecutive_skips "
+                f"({self.max_consecutive_skips}), got {self.rollback_after}"
             )
 
 
@@ -95,10 +135,11 @@ class StepStats:
 
 
 class MetaTrainer:
-    """Meta-trains an :class:`EBMMemory` on batches from ``sample_batch``.
+    """Meta-trains an :class:`EBMMemory` (or a baseline memory module) on batches from ``sample_batch``.
 
     Args:
-        memory: the memory to train (moved to ``config.device``).
+        memory: the memory to train (moved to ``config.device``): an :class:`EBMMemory` or any module whose
+            ``forward(patterns, queries, known_mask)`` returns a ``MetaOutput``.
         sample_batch: draws a batch from a ``torch.Generator``.
         config: training settings.
         run_dir: folder for TensorBoard events and ``checkpoint.pt``; ``None`` logs and saves nothing.
@@ -109,12 +150,12 @@ class MetaTrainer:
 
     def __init__(
         self,
-        memory: EBMMemory,
+        memory: nn.Module,
         sample_batch: Sampler,
         config: TrainConfig = TrainConfig(),
         run_dir: str | Path | None = None,
         hparams: dict[str, Any] | None = None,
-        evaluate: Callable[[EBMMemory], dict[str, float]] | None = None,
+        evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
     ) -> None:
         self.config = config
         self.device = torch.device(config.device)
@@ -124,23 +165,32 @@ class MetaTrainer:
         self.hparams = dict(hparams or {})
         self.evaluate = evaluate
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
-        schedule = {id(p) for p in memory.schedule_parameters()}
-        weights = [p for p in memory.parameters() if id(p) not in schedule]
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": weights, "lr": config.lr, "weight_decay": config.weight_decay, "name": "weights"},
-                {
-                    "params": memory.schedule_parameters(),
-                    "lr": config.schedule_lr or config.lr,
-                    "weight_decay": 0.0,
-                    "name": "schedules",
-                },
-            ]
-        )
+        schedules = list(memory.schedule_parameters()) if hasattr(memory, "schedule_parameters") else []
+        schedule_ids = {id(p) for p in schedules}
+        weights = [p for p in memory.parameters() if id(p) not in schedule_ids and p.requires_grad]
+        if not weights and not schedules:
+            raise ValueError(
+                f"{type(memory).__name__} has no trainable parameters: there is nothing to meta-train (use it as is)"
+            )
+        groups = [
+            {
+                "params": weights,
+                "lr": config.lr,
+                "base_lr": config.lr,
+                "weight_decay": config.weight_decay,
+                "name": "weights",
+            }
+        ]
+        if schedules:  # EBMM's step sizes, momenta and loss weights
+            lr = config.schedule_lr or config.lr
+            groups.append({"params": schedules, "lr": lr, "base_lr": lr, "weight_decay": 0.0, "name": "schedules"})
+        self.optimizer = torch.optim.AdamW(groups)
         self.step = 0
         self.skipped_total = 0
         self.consecutive_skips = 0
         self.best_score = math.inf
+        self.rollbacks = 0
+        self._healthy: dict[str, Any] | None = None  # in-memory snapshot for rollbacks
         self._writer = None
 
     # -------------------------------------------------------------------------------------------- checkpoints
@@ -158,6 +208,7 @@ class MetaTrainer:
             "step": self.step,
             "skipped_total": self.skipped_total,
             "best_score": self.best_score,
+            "rollbacks": self.rollbacks,
             "generator": self.generator.get_state(),
             "train_config": dataclasses.asdict(self.config),
             "hparams": _plain(self.hparams),
@@ -180,6 +231,7 @@ class MetaTrainer:
         self.step = int(ckpt["step"])
         self.skipped_total = int(ckpt["skipped_total"])
         self.best_score = float(ckpt.get("best_score", math.inf))
+        self.rollbacks = int(ckpt.get("rollbacks", 0))
         self.generator.set_state(ckpt["generator"].cpu())  # generator states are CPU byte tensors
         return ckpt
 
@@ -201,13 +253,46 @@ class MetaTrainer:
         self._apply_or_skip(skipped, float(loss.detach()), grad_norm)
         return StepStats(self.step, float(loss.detach()), out.errors.tolist(), grad_norm, skipped, patterns.shape[0])
 
+    def lr_factor(self, step: int | None = None) -> float:
+        """Multiplier of the base learning rates at ``step`` (default: the current step)."""
+        cfg, step = self.config, self.step if step is None else step
+        if cfg.lr_schedule == "constant" or cfg.steps == 0:
+            return 1.0
+        progress = min(step / cfg.steps, 1.0)
+        return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def _snapshot_healthy(self) -> None:
+        """Remember the current weights and optimiser state as the target of a later rollback."""
+        if self.config.rollback_after and self.consecutive_skips == 0:
+            self._healthy = copy.deepcopy({"model": self.memory.state_dict(), "optimizer": self.optimizer.state_dict()})
+
+    def _rollback(self) -> None:
+        """Restore the last healthy snapshot and scale every learning rate by ``rollback_lr_factor``."""
+        self.memory.load_state_dict(self._healthy["model"])
+        self.optimizer.load_state_dict(self._healthy["optimizer"])
+        for group in self.optimizer.param_groups:
+            group["base_lr"] *= self.config.rollback_lr_factor
+        self._healthy["optimizer"] = copy.deepcopy(self.optimizer.state_dict())  # a second rollback halves again
+        self.rollbacks += 1
+        self.consecutive_skips = 0
+        tqdm.write(
+            f"step {self.step}: rolled back to the last healthy snapshot (rollback {self.rollbacks}); learning "
+            f"rates now " + ", ".join(f"{g['name']} {g['base_lr']:.3g}" for g in self.optimizer.param_groups)
+        )
+
     def _apply_or_skip(self, skipped: bool, loss: float, grad_norm: float) -> None:
-        """Take the optimiser step, or count a skipped one (and stop after too many in a row); advance ``step``."""
+        """Take the optimiser step, or count a skipped one (roll back or stop after too many); advance ``step``."""
         if skipped:
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped_total += 1
             self.consecutive_skips += 1
-            if self.consecutive_skips >= self.config.max_consecutive_skips:
+            if (
+                self.config.rollback_after
+                and self.consecutive_skips >= self.config.rollback_after
+                and self._healthy is not None
+            ):
+                self._rollback()
+            elif self.consecutive_skips >= self.config.max_consecutive_skips:
                 raise TrainingDiverged(
                     f"meta-training diverged: {self.consecutive_skips} consecutive steps had a non-finite loss or "
                     f"a gradient norm above {self.config.skip_grad_norm:g} (last: loss {loss:.4g}, "
@@ -216,6 +301,9 @@ class MetaTrainer:
                     f"resume from an earlier checkpoint."
                 )
         else:
+            factor = self.lr_factor()
+            for group in self.optimizer.param_groups:
+                group["lr"] = group.get("base_lr", group["lr"]) * factor
             self.optimizer.step()
             self.consecutive_skips = 0
         self.step += 1
@@ -230,13 +318,18 @@ class MetaTrainer:
             if self.checkpoint_path is None or not self.checkpoint_path.exists():
                 raise FileNotFoundError(f"cannot resume: no checkpoint at {self.checkpoint_path}")
             self.load_checkpoint()
+        self._snapshot_healthy()
         writer = self._tensorboard()
         cfg = self.config
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, desc="meta-train", unit="step")
         last: dict[str, float] = {}
         episodes, window_start = 0, time.perf_counter()
+        cpu_start = time.process_time()
         try:
             while self.step < cfg.steps:
+                if cfg.time_limit_s and time.process_time() - cpu_start >= cfg.time_limit_s:
+                    bar.write(f"step {self.step}: stopped at the time limit ({cfg.time_limit_s:g} s of CPU time)")
+                    break
                 stats = self.train_step()
                 episodes += stats.episodes
                 bar.update(1)
@@ -253,6 +346,8 @@ class MetaTrainer:
                     last = {"loss": stats.loss}
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.evaluate is not None:
                     last = self._run_eval(writer)
+                if self.step % cfg.checkpoint_every == 0:
+                    self._snapshot_healthy()
                 if self.run_dir is not None and self.step % cfg.checkpoint_every == 0:
                     if self.consecutive_skips == 0:
                         self.save_checkpoint()
@@ -288,9 +383,14 @@ class MetaTrainer:
         writer.add_scalar("meta/loss", stats.loss, s)
         writer.add_scalar("meta/grad_norm", stats.grad_norm, s)
         writer.add_scalar("meta/skipped_steps", self.skipped_total, s)
+        writer.add_scalar("meta/rollbacks", self.rollbacks, s)
+        for group in self.optimizer.param_groups:
+            writer.add_scalar(f"meta/lr_{group['name']}", group["lr"], s)
         writer.add_scalar("charts/episodes_per_s", episodes_per_s, s)
         for k, err in enumerate(stats.errors, start=1):
             writer.add_scalar(f"read/error_k{k}", err, s)
+        if not isinstance(m, EBMMemory):
+            return
         with torch.no_grad():
             for k, (g, p) in enumerate(zip(m.read_step_sizes.tolist(), m.momenta.tolist(), strict=True), start=1):
                 writer.add_scalar(f"read/gamma_k{k}", g, s)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import tyro
 
-from ebmm_rl.binary import corrupt, evaluate, sample_patterns, summarize
+from ebmm_rl.binary_training import binary_evaluator, binary_sampler
 from ebmm_rl.energy import GatedRNNConfig, GatedRNNEnergy
 from ebmm_rl.memory import EBMMConfig, EBMMemory
 from ebmm_rl.training import MetaTrainer, TrainConfig
@@ -46,6 +46,13 @@ class Args:
     """AdamW learning rate of step sizes, momenta and loss weights (1e-3 adapted them too slowly here)"""
     grad_clip: float = 0.05
     """global gradient-norm clipping (paper: 0.05)"""
+    lr_schedule: str = "constant"
+    """learning-rate schedule: constant (the paper) or cosine (decays to min_lr_ratio of the rate at --steps)"""
+    min_lr_ratio: float = 0.05
+    """final learning rate of the cosine schedule as a fraction of the initial one"""
+    rollback_after: int = 20
+    """after this many exploding steps in a row, go back to the last healthy weights with halved learning
+    rates (0: off; the N = 64 model diverged near step 2000 without it)"""
     write_lr_init: float = 0.1
     """initial write learning rates (paper: 1e-4, which needs far more steps than a CPU run has)"""
     read_step_init: float = 2.0
@@ -91,39 +98,14 @@ def build_memory(args: Args) -> EBMMemory:
 
 def make_sampler(args: Args):
     """Batches of ``B`` episodes, ``N`` patterns, queries with ``num_corrupted`` random bits."""
-
-    def sample(generator: torch.Generator):
-        patterns = sample_patterns(args.batch_size, args.num_patterns, args.dim, generator=generator)
-        queries, known = corrupt(patterns, args.num_corrupted, generator=generator)
-        return patterns, queries, known
-
-    return sample
+    return binary_sampler(args.batch_size, args.num_patterns, args.dim, args.num_corrupted)
 
 
 def make_evaluator(args: Args, num_batches: int):
     """Mean error bits (and 5/95 percentiles over batches) on fresh batches from a fixed seed."""
-
-    def run(memory: EBMMemory) -> dict[str, float]:
-        def retrieve(patterns, queries, known):
-            state = memory.write(patterns)
-            return memory.read(queries, state, known).retrieved
-
-        generator = torch.Generator(device=args.device).manual_seed(10_000 + args.seed)
-        with torch.no_grad():
-            errors = evaluate(
-                retrieve,
-                args.num_patterns,
-                num_batches,
-                args.batch_size,
-                args.dim,
-                args.num_corrupted,
-                generator=generator,
-                device=args.device,
-            )
-        s = summarize(errors)
-        return {"error_bits": s["mean"], "error_bits_p5": s["p5"], "error_bits_p95": s["p95"]}
-
-    return run
+    return binary_evaluator(
+        args.num_patterns, num_batches, args.batch_size, args.dim, args.num_corrupted, 10_000 + args.seed, args.device
+    )
 
 
 def main(args: Args) -> None:
@@ -146,6 +128,9 @@ def main(args: Args) -> None:
             lr=args.lr,
             schedule_lr=args.schedule_lr,
             grad_clip=args.grad_clip,
+            lr_schedule=args.lr_schedule,
+            min_lr_ratio=args.min_lr_ratio,
+            rollback_after=args.rollback_after,
             checkpoint_every=args.checkpoint_every,
             eval_every=args.eval_every,
             seed=args.seed,

@@ -143,3 +143,60 @@ def test_best_evaluation_is_kept_and_skipping_runs_do_not_overwrite(tmp_path):
     for k, v in best["model"].items():
         assert torch.equal(v, evaluations[1][k])
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3
+
+
+def test_cosine_schedule_decays_to_the_floor_and_resumes_exactly(tmp_path):
+    trainer = MetaTrainer(tiny_memory(), sampler, config(steps=10, lr_schedule="cosine", min_lr_ratio=0.1))
+    assert trainer.lr_factor(0) == pytest.approx(1.0)
+    assert trainer.lr_factor(5) == pytest.approx(0.55)
+    assert trainer.lr_factor(10) == pytest.approx(0.1)
+    trainer.train()
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(3e-3 * trainer.lr_factor(9))
+
+    cosine = config(steps=6, lr_schedule="cosine")
+    straight = tiny_memory()
+    MetaTrainer(straight, sampler, cosine, run_dir=tmp_path / "a").train()
+    calls = {"n": 0}
+
+    def killed_after_three(generator):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return sampler(generator)
+
+    with pytest.raises(KeyboardInterrupt):  # checkpoint written at step 3
+        MetaTrainer(tiny_memory(), killed_after_three, cosine, run_dir=tmp_path / "b").train()
+    resumed = tiny_memory(seed=5)
+    MetaTrainer(resumed, sampler, cosine, run_dir=tmp_path / "b").train(resume=True)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_rollback_restores_the_healthy_snapshot_and_lowers_the_learning_rates():
+    memory = tiny_memory()
+    real_forward = memory.forward
+    calls, seen = {"n": 0}, {}
+
+    def exploding_forward(patterns, queries, known_mask=None):
+        calls["n"] += 1
+        if calls["n"] in (3, 6):  # weights after step 2 (the snapshot), and after the rollback
+            seen[calls["n"]] = {k: v.clone() for k, v in memory.state_dict().items()}
+        out = real_forward(patterns, queries, known_mask)
+        if calls["n"] in (4, 5):
+            return MetaOutput(out.loss * math.nan, out.errors, out.read, out.state)
+        return out
+
+    memory.forward = exploding_forward
+    trainer = MetaTrainer(memory, sampler, config(steps=6, checkpoint_every=2, rollback_after=2))
+    trainer.train()
+    assert trainer.rollbacks == 1 and trainer.skipped_total == 2 and trainer.step == 6
+    for name, value in seen[6].items():
+        torch.testing.assert_close(value, seen[3][name], rtol=0, atol=0, msg=name)
+    assert [g["base_lr"] for g in trainer.optimizer.param_groups] == pytest.approx([1.5e-3, 1.5e-3])
+
+
+def test_bad_schedule_settings_raise():
+    with pytest.raises(ValueError, match="lr_schedule"):
+        config(lr_schedule="linear")
+    with pytest.raises(ValueError, match="rollback_after"):
+        config(rollback_after=200, max_consecutive_skips=100)
