@@ -9,6 +9,10 @@
 * Fig. 6: :func:`energy_classes` gives the energies of memories (written patterns), non-memories (other images of
   the split, never written; :func:`draw_non_memories`), distorted memories (the queries) and, optionally,
   out-of-distribution images (the paper: binarised CIFAR under an Omniglot model; :func:`match_images`).
+  :func:`familiarity_auroc` scores how well the energy alone tells memories from another class.
+* Figs 3, 5, 9, Table 3: :func:`episode_errors` scores one model on many episodes (the paper's "batches": N
+  images written into one memory, each read back from its distorted version); :func:`summarize_batches` gives
+  the mean and 5/95 percentiles.
 
 :class:`ImageEvaluator` bundles these as the ``evaluate`` callback of :class:`ebmm_rl.training.MetaTrainer`, and
 logs the grid, the energy table and the energy histograms to TensorBoard when given a writer.
@@ -25,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ebmm_rl.data import ImageDataset
-from ebmm_rl.distortions import Distortion, make_distortion, make_sampler
+from ebmm_rl.distortions import ClassBatchSampler, Distortion, UniformBatchSampler, make_distortion, make_sampler
 from ebmm_rl.memory import EBMMemory, MemoryState
 
 __all__ = [
@@ -35,11 +39,14 @@ __all__ = [
     "draw_non_memories",
     "energy_classes",
     "energy_table",
+    "episode_errors",
+    "familiarity_auroc",
     "hamming_errors",
     "image_grid",
     "iteration_grid",
     "match_images",
     "metric_name",
+    "noise_images",
     "query_distortion",
     "retrieval_errors",
     "squared_errors",
@@ -288,6 +295,92 @@ def match_images(images: Tensor, data_shape: tuple[int, int, int], binary: bool)
     return (x > 0.5).float() if binary else x.contiguous()
 
 
+def familiarity_auroc(memories: Tensor, others: Tensor) -> float:
+    """How well a low energy tells memories from another class: ``P(E(other) > E(memory)) + ½·P(tie)``.
+
+    The area under the ROC curve of the energy as a familiarity score (Mann–Whitney U with average ranks for
+    ties): 1 when every memory has a lower energy than every other pattern, 0.5 at chance.
+
+    Args:
+        memories: ``[n]`` energies of written patterns (any shape, flattened).
+        others: ``[m]`` energies of the other class, e.g. non-memories (any shape, flattened).
+
+    Returns:
+        The AUROC in [0, 1].
+
+    Raises:
+        ValueError: either class is empty or holds non-finite energies.
+    """
+    a, b = memories.detach().flatten().double().cpu(), others.detach().flatten().double().cpu()
+    if a.numel() == 0 or b.numel() == 0:
+        raise ValueError("familiarity_auroc needs energies of both classes; got an empty tensor")
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        raise ValueError("familiarity_auroc got non-finite energies; the memory diverged, check the checkpoint")
+    values, inverse, counts = torch.unique(torch.cat([a, b]), return_inverse=True, return_counts=True)
+    ranks = (torch.cumsum(counts, 0) - (counts - 1) / 2.0).double()  # [U] 1-based average rank of each value
+    rank_sum = ranks[inverse[a.numel() :]].sum()  # ranks of the other class
+    m = b.numel()
+    return float((rank_sum - m * (m + 1) / 2.0) / (a.numel() * m))
+
+
+def noise_images(count: int, data_shape: tuple[int, int, int], binary: bool, generator: torch.Generator) -> Tensor:
+    """Out-of-distribution images of pure noise: random 0/1 pixels on binary data, uniform [0, 1] otherwise.
+
+    Args:
+        count: number of images, ``K``.
+        data_shape: ``(C, H, W)``.
+        binary: draw 0/1 pixels with equal odds.
+        generator: the source of randomness (CPU).
+
+    Returns:
+        ``[K, C, H, W]`` float32.
+    """
+    x = torch.rand(count, *data_shape, generator=generator)
+    return (x > 0.5).float() if binary else x
+
+
+@torch.no_grad()
+def episode_errors(
+    memory: EBMMemory | None, sampler: UniformBatchSampler | ClassBatchSampler, num_episodes: int, seed: int = 0
+) -> Tensor:
+    """Mean retrieval error per image of each of ``num_episodes`` test episodes (the paper's error bars, App. A).
+
+    An episode writes ``N`` images into a fresh memory and reads each back from its distorted version (the
+    paper's "batch of N images"); its score is the mean :func:`retrieval_errors` over its ``N`` images.
+    The sampler's ``B`` episodes are processed together; the same ``seed`` gives the same episodes, so models
+    evaluated with one seed see the same images and distortions (paired comparisons).
+
+    Args:
+        memory: the (meta-trained) memory, on the sampler's device; ``None`` scores the distorted queries
+            themselves (no retrieval: the error a memory must beat).
+        sampler: draws ``(patterns [B, N, C, H, W], queries, known_mask)``; its data set decides the metric.
+        num_episodes: episodes to score (the paper: 1000).
+        seed: seed of the episodes.
+
+    Returns:
+        ``[num_episodes]`` float64 scores (CPU).
+
+    Raises:
+        ValueError: ``num_episodes < 1`` or images of another shape than the memory's patterns.
+    """
+    if num_episodes < 1:
+        raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
+    data_shape = sampler.dataset.data_shape
+    if memory is not None and tuple(memory.data_shape) != data_shape:
+        raise ValueError(
+            f"the memory stores patterns of shape {tuple(memory.data_shape)} but {sampler.dataset.name} images are "
+            f"{data_shape}; evaluate on the data set (and image size) the model was trained on"
+        )
+    generator = torch.Generator(device=sampler.device).manual_seed(seed)
+    scores, done = [], 0
+    while done < num_episodes:
+        patterns, queries, known = sampler(generator)  # [B, N, C, H, W]
+        retrieved = queries if memory is None else memory.read(queries, memory.write(patterns), known).retrieved
+        scores.append(retrieval_errors(retrieved, patterns, sampler.dataset.binary).mean(dim=1).double().cpu())  # [B]
+        done += patterns.shape[0]
+    return torch.cat(scores)[:num_episodes]
+
+
 # ------------------------------------------------------------------------------------------------- evaluator
 @dataclass
 class EvalResult:
@@ -301,6 +394,7 @@ class EvalResult:
         grid: ``[C, H', W']`` :func:`iteration_grid` of the first batch.
         cell_energies: ``[rows, K + 2]`` energies of the grid's cells.
         energies: Fig. 6 energies by class, each flattened over all evaluation batches.
+        episode_scores: ``[num_batches · B]`` mean error per image of each episode (the paper's "batch").
     """
 
     metrics: dict[str, float]
@@ -308,6 +402,7 @@ class EvalResult:
     grid: Tensor
     cell_energies: Tensor
     energies: dict[str, Tensor] = field(repr=False)
+    episode_scores: Tensor = field(default_factory=lambda: torch.zeros(0), repr=False)
 
 
 class ImageEvaluator:
@@ -385,7 +480,7 @@ class ImageEvaluator:
     def evaluate(self, memory: EBMMemory) -> EvalResult:
         """Write, read and score ``num_batches`` batches; energies of the first batch's iterates for the grid."""
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
-        scores, classes = [], {}
+        scores, episode_scores, classes = [], [], {}
         grid = cell_energies = None
         metrics: dict[str, float] = {}
         for i in range(self.num_batches):
@@ -397,7 +492,9 @@ class ImageEvaluator:
                 ood = self.ood[pick]
             state = memory.write(patterns)
             result = memory.read(queries, state, known, compute_energies=i == 0)
-            scores.append(float(retrieval_errors(result.retrieved, patterns, self.binary).mean()))
+            errors = retrieval_errors(result.retrieved, patterns, self.binary)  # [B, N]
+            scores.append(float(errors.mean()))
+            episode_scores.append(errors.mean(dim=1).double().cpu())
             for name, e in energy_classes(memory, state, patterns, queries, others, ood).items():
                 classes.setdefault(name, []).append(e.flatten().float().cpu())
             if i == 0:
@@ -417,7 +514,7 @@ class ImageEvaluator:
         }
         energies = {name: torch.cat(parts) for name, parts in classes.items()}
         metrics.update({f"energy_{name}": float(e.mean()) for name, e in energies.items()})
-        return EvalResult(metrics, torch.tensor(scores), grid, cell_energies, energies)
+        return EvalResult(metrics, torch.tensor(scores), grid, cell_energies, energies, torch.cat(episode_scores))
 
     def log(self, result: EvalResult, writer: Any, step: int) -> None:
         """Write ``result`` to a ``SummaryWriter``.

@@ -61,6 +61,7 @@ from ebmm_rl.training import CHECKPOINT_NAME, MetaTrainer, TrainConfig
 
 Dataset = Literal["omniglot", "cifar10", "imagenet64", "mnist"]
 Arch = Literal["fc", "conv", "imagenet", "lower-conv"]
+Noise = Literal["block", "salt_pepper", "gaussian", "dropout", "erase"]
 
 CPU_SIZES = {
     "fc": {"channels": 16, "encoder_size": 64, "representation_size": 64, "hidden_size": 32, "head_size": 128},
@@ -97,7 +98,7 @@ class Args:
     """images written per episode, N (paper: 64; 32 for ImageNet and App. A.7)"""
     batch_size: int = 2
     """episodes per meta-step (per process under torchrun)"""
-    noise: Literal["block", "salt_pepper", "gaussian", "dropout", "erase"] = "block"
+    noise: Noise = "block"
     """query distortion (paper: block; App. A.4/A.5 also salt_pepper)"""
     noise_size: float | None = None
     """block side in pixels (default: half the image, the paper's 16 on 32x32), salt_pepper/dropout probability
@@ -156,9 +157,24 @@ class Args:
 # ------------------------------------------------------------------------------------------------------ building
 def load_split(args: Args, name: str, split: str) -> ImageDataset:
     """One split of a data set, from ``--data-dir`` or ``$EBMM_DATA_DIR``, with a hint on failure."""
-    root = Path(args.data_dir) / FOLDERS[name] if args.data_dir else None
+    return load_data(args.data_dir, name, split)
+
+
+def load_data(data_dir: str | None, name: str, split: str, **options: object) -> ImageDataset:
+    """One split of a data set from ``data_dir`` (or ``$EBMM_DATA_DIR``); SystemExit with a hint when absent.
+
+    Args:
+        data_dir: the folder holding ``omniglot/``, ``cifar10/``, ... (``None``: ``$EBMM_DATA_DIR``).
+        name: data set name.
+        split: ``"train"`` or ``"test"``.
+        **options: loader options (e.g. ``image_size`` for MNIST).
+
+    Returns:
+        The data set (ImageNet kept as uint8: 4x less memory).
+    """
+    root = Path(data_dir) / FOLDERS[name] if data_dir else None
     try:
-        return load_dataset(name, split, root, uint8=name == "imagenet64")  # ImageNet: 4x less memory
+        return load_dataset(name, split, root, uint8=name == "imagenet64", **options)
     except FileNotFoundError as err:
         raise SystemExit(f"{err}\nPass --data-dir <folder holding {FOLDERS[name]}/> or set ${DATA_DIR_VAR}.") from None
 
