@@ -1,8 +1,12 @@
-"""Safe, atomic checkpoints and rebuilding an :class:`EBMMemory` from one.
+"""Safe, atomic checkpoints and rebuilding a memory (:class:`EBMMemory` or a baseline) from one.
 
 Checkpoints are plain dictionaries of tensors and primitive values, written to a temporary file and renamed
 into place (a kill mid-write leaves the previous checkpoint intact), and loaded with ``weights_only=True``, so
 loading a checkpoint never executes code from it.
+
+A memory spec names the architecture with plain values: ``{"energy", "energy_config", "ebmm_config"}`` for an
+EBMM (its energy network registered in :data:`ENERGIES`), ``{"model", "model_config"}`` for any other module
+registered in :data:`MODELS` by class name with a dataclass config.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from ebmm_rl.baselines import MODEL_CONFIGS
 from ebmm_rl.energy import (
     GatedRNNConfig,
     GatedRNNEnergy,
@@ -38,6 +44,15 @@ ENERGIES: dict[str, tuple[type[EnergyNet], type]] = {
     "ResNetLowerConvEnergy": (ResNetLowerConvEnergy, ResNetLowerConvConfig),
 }
 """Energy networks that :func:`build_memory` can rebuild, by class name: ``(class, config class)``."""
+
+
+MODELS: dict[str, tuple[type[nn.Module], type]] = {cls.__name__: (cls, cfg) for cls, cfg in MODEL_CONFIGS.items()}
+"""Non-EBMM memories that :func:`build_memory` can rebuild, by class name: ``(class, config dataclass)``."""
+
+
+def register_model(model_class: type[nn.Module], config_class: type) -> None:
+    """Make ``model_class`` (built as ``model_class(config_class(**fields))``, config in ``.config``) loadable."""
+    MODELS[model_class.__name__] = (model_class, config_class)
 
 
 def register_energy(energy_class: type[EnergyNet], config_class: type) -> None:
@@ -69,31 +84,47 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def memory_spec(memory: EBMMemory) -> dict[str, Any]:
+def memory_spec(memory: nn.Module) -> dict[str, Any]:
     """Everything needed to rebuild ``memory``'s architecture: plain values only."""
-    name = type(memory.energy).__name__
-    if name not in ENERGIES:
-        raise ValueError(f"energy {name} is not registered; call ebmm_rl.checkpoint.register_energy first")
-    return {
-        "energy": name,
-        "energy_config": dataclasses.asdict(memory.energy.config),
-        "ebmm_config": dataclasses.asdict(memory.config),
-    }
+    if isinstance(memory, EBMMemory):
+        name = type(memory.energy).__name__
+        if name not in ENERGIES:
+            raise ValueError(f"energy {name} is not registered; call ebmm_rl.checkpoint.register_energy first")
+        return {
+            "energy": name,
+            "energy_config": dataclasses.asdict(memory.energy.config),
+            "ebmm_config": dataclasses.asdict(memory.config),
+        }
+    name = type(memory).__name__
+    if name not in MODELS:
+        raise ValueError(f"model {name} is not registered; call ebmm_rl.checkpoint.register_model first")
+    return {"model": name, "model_config": dataclasses.asdict(memory.config)}
 
 
-def build_memory(spec: dict[str, Any]) -> EBMMemory:
-    """Rebuild an (untrained) :class:`EBMMemory` from :func:`memory_spec`'s output."""
+def _fields(values: dict[str, Any]) -> dict[str, Any]:
+    """Config fields from a spec: lists back to tuples (``data_range``, ``data_shape``)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
+def build_memory(spec: dict[str, Any]) -> nn.Module:
+    """Rebuild an (untrained) memory from :func:`memory_spec`'s output."""
+    if "model" in spec:
+        try:
+            model_class, config_class = MODELS[spec["model"]]
+        except KeyError:
+            raise ValueError(f"unknown model {spec.get('model')!r}; known: {sorted(MODELS)}") from None
+        return model_class(config_class(**_fields(spec["model_config"])))
     try:
         energy_class, config_class = ENERGIES[spec["energy"]]
     except KeyError:
         raise ValueError(f"unknown energy {spec.get('energy')!r}; known: {sorted(ENERGIES)}") from None
-    energy_config = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["energy_config"].items()}
-    ebmm = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["ebmm_config"].items()}
-    return EBMMemory(energy_class(config_class(**energy_config)), EBMMConfig(**ebmm))
+    return EBMMemory(
+        energy_class(config_class(**_fields(spec["energy_config"]))), EBMMConfig(**_fields(spec["ebmm_config"]))
+    )
 
 
-def load_memory(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> EBMMemory:
-    """Rebuild a meta-trained :class:`EBMMemory` from a training checkpoint (or a ``save_memory`` file)."""
+def load_memory(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a meta-trained memory (EBMM or baseline) from a training checkpoint (or a ``save_memory`` file)."""
     ckpt = load_checkpoint(path, map_location)
     if "memory_spec" not in ckpt or "model" not in ckpt:
         raise ValueError(f"{path} is not an EBMM checkpoint (it lacks 'memory_spec' and 'model')")
@@ -102,6 +133,6 @@ def load_memory(path: str | os.PathLike, map_location: str | torch.device = "cpu
     return memory.to(map_location)
 
 
-def save_memory(memory: EBMMemory, path: str | os.PathLike) -> None:
+def save_memory(memory: nn.Module, path: str | os.PathLike) -> None:
     """Save a memory's architecture and meta-parameters (atomically) for :func:`load_memory`."""
     save_atomic({"memory_spec": memory_spec(memory), "model": memory.state_dict()}, path)

@@ -444,6 +444,13 @@ class EBMMemory(nn.Module):
         energies = self.energies(stacked, state) if compute_energies else None
         return ReadResult(stacked, energies)
 
+    def recall(self, queries: Tensor, state: MemoryState, known_mask: Tensor | None = None) -> Tensor:
+        """``[B, M, D...]``: the retrieved patterns, ``read(queries, state, known_mask).retrieved``.
+
+        The :class:`ebmm_rl.protocol.AssociativeMemory` interface shared with the baselines.
+        """
+        return self.read(queries, state, known_mask).retrieved
+
     def energies(self, x: Tensor, state: MemoryState) -> Tensor:
         """Energies of ``x: [S, B, M, D...]`` (any leading stack ``S``) under ``state``: ``[S, B, M]``."""
         S, B, M = x.shape[:3]

@@ -1,4 +1,4 @@
-"""Table 1 of the paper: error bits of retrieved random binary patterns, for Hopfield rules and EBMM.
+"""Table 1 of the paper: error bits of retrieved random binary patterns, for Hopfield rules, EBMM and baselines.
 
 Every cell writes ``N`` random 128-bit patterns per episode, corrupts 64 random bits of each (set to random ±1),
 lets the model clamp the other 64, and counts wrong bits of the retrieved pattern; it prints ``mean (p5–p95)``
@@ -6,12 +6,17 @@ over ``--num-batches`` random batches next to the paper's value.
 
     python scripts/eval_binary.py                                            # the three Hopfield rows
     python scripts/eval_binary.py --rules --ebmm runs/binary__N32__0__*/checkpoint.pt   # EBMM only
+    python scripts/eval_binary.py --rules --model memnet=runs/binary__memnet__0__*/best.pt modern_hopfield
 
-Each EBMM checkpoint (from ``scripts/meta_train_binary.py``) gives one row, evaluated at every ``N``.
+Each EBMM checkpoint (from ``scripts/meta_train_binary.py``) gives one row, evaluated at every ``N``. Each
+``--model`` gives one row of a registered memory (:data:`ebmm_rl.protocol.MEMORIES`): ``NAME=CHECKPOINT`` for a
+meta-trained one (from ``scripts/meta_train_baseline.py``), ``NAME`` or ``NAME:KEY=VALUE,...`` (config
+overrides, e.g. ``modern_hopfield:budget=12288``) for one that needs no training.
 """
 
 from __future__ import annotations
 
+import ast
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,6 +27,7 @@ import tyro
 from ebmm_rl.binary import PAPER_TABLE1, TABLE1_NUM_PATTERNS, evaluate, format_table, summarize
 from ebmm_rl.checkpoint import load_checkpoint, load_memory
 from ebmm_rl.hopfield import HopfieldConfig, hopfield_memory
+from ebmm_rl.protocol import HOPFIELD_BUDGET, MEMORIES, build_memory
 
 HOPFIELD_ROWS = {"hebb": "Hebb", "storkey": "Storkey", "pseudo_inverse": "pseudo-inverse"}
 """Rule name -> row name of :data:`ebmm_rl.binary.PAPER_TABLE1`."""
@@ -35,6 +41,8 @@ class Args:
     """Hopfield writing rules to evaluate (hebb, storkey, pseudo_inverse); pass none to skip them"""
     ebmm: list[str] = field(default_factory=list)
     """EBMM checkpoints (checkpoint.pt of scripts/meta_train_binary.py runs), one row each"""
+    model: list[str] = field(default_factory=list)
+    """registered memories, one row each: NAME=CHECKPOINT (meta-trained), NAME or NAME:KEY=VALUE,... (untrained)"""
     patterns: list[int] = field(default_factory=lambda: list(TABLE1_NUM_PATTERNS))
     """numbers of stored patterns N, one column each"""
     num_batches: int = 1000
@@ -71,6 +79,45 @@ def evaluate_row(retrieve_for, args: Args, label: str, start: float) -> list[dic
     return summaries
 
 
+def _literal(value: str) -> object:
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def load_model(spec: str, device: str) -> tuple[str, object, str]:
+    """``NAME=CHECKPOINT``, ``NAME`` or ``NAME:KEY=VALUE,...`` -> ``(row name, memory, note)``.
+
+    Raises:
+        SystemExit: on an unknown name, a checkpoint of another model, or a trainable model without one.
+    """
+    head, sep, path = spec.partition("=")
+    if ":" in head:  # NAME:KEY=VALUE,... (the first "=" belonged to the overrides)
+        head, sep, path = spec, "", ""
+    name, _, override_text = head.partition(":")
+    entry = MEMORIES.get(name)
+    if entry is None:
+        raise SystemExit(f"--model {spec!r}: unknown memory {name!r}; choose from {sorted(MEMORIES)}")
+    if sep:
+        memory = load_memory(path, map_location=device).eval()
+        if not isinstance(memory, entry.cls):
+            raise SystemExit(f"--model {spec!r}: {path} holds a {type(memory).__name__}, not a {entry.cls.__name__}")
+        info = load_checkpoint(path)
+        hparams = info.get("hparams", {})
+        trained_n = hparams.get("num_patterns", "?")
+        note = f"{path}: {info.get('step', '?')} steps, trained at N = {trained_n}"
+        return entry.row, memory, note
+    if entry.trainable:
+        raise SystemExit(f"--model {spec!r}: {name} must be meta-trained first; pass {name}=CHECKPOINT")
+    overrides = dict(item.split("=", 1) for item in override_text.split(",") if item)
+    overrides = {k: _literal(v) for k, v in overrides.items()}
+    budget = int(overrides.pop("budget", HOPFIELD_BUDGET))
+    memory = build_memory(name, 128, budget, **overrides)
+    label = entry.row if not override_text else f"{entry.row} ({override_text})"
+    return label, memory, "no training"
+
+
 def main(args: Args) -> None:
     """Evaluate every requested row and print the table."""
     unknown = [r for r in args.rules if r not in HOPFIELD_ROWS]
@@ -96,6 +143,21 @@ def main(args: Args) -> None:
             return lambda p, q, k: memory.read(q, memory.write(p), k).retrieved
 
         rows[f"EBMM RNN (trained at N={trained_n}, {steps} steps)"] = evaluate_row(ebmm_for, args, path, start)
+    notes = []
+    for spec in args.model:
+        label, memory, note = load_model(spec, args.device)
+        while label in rows:
+            label += " ′"
+        notes.append(f"* {label}: memory size {memory.memory_size} floats; {note}")
+
+        def model_for(generator, memory=memory):
+            def retrieve(p, q, k):
+                with torch.no_grad():
+                    return memory.recall(q, memory.write(p), k)
+
+            return retrieve
+
+        rows[label] = evaluate_row(model_for, args, label, start)
     print(
         f"Error bits of retrieved 128-bit patterns ({args.num_corrupted} bits corrupted, the rest clamped): "
         f"mean (p5–p95 of per-batch means) over {args.num_batches} batches of {args.batch_size} episodes, "
@@ -106,6 +168,8 @@ def main(args: Args) -> None:
         paper = PAPER_TABLE1["EBMM RNN"]
         cells = [f"{paper[TABLE1_NUM_PATTERNS.index(n)]:g}" if n in TABLE1_NUM_PATTERNS else "–" for n in args.patterns]
         print("| EBMM RNN (paper) | " + " | ".join(cells) + " |")
+    if notes:
+        print("\n" + "\n".join(notes))
     print(f"\nwall time: {time.perf_counter() - start:.1f} s")
 
 
