@@ -6,8 +6,10 @@ Examples::
     python -m agents.train --env ebmm/Familiarity-Easy-v0 --memory lstm --n-envs 4
     python -m agents.train --env ebmm/BinaryRecall-Medium-v0 --memory ebmm --memory-checkpoint runs/<meta>/checkpoint.pt
 
-Memories: ``ebmm`` (PPO/A2C + :class:`~ebmm_rl.rl.EBMMExtractor` over :class:`~ebmm_rl.rl.EpisodeMemoryWrapper`),
-``mlp`` (PPO/A2C, no memory), ``frame-stack`` (PPO/A2C over gymnasium's ``FrameStackObservation`` of the last
+Memories (the table :data:`MEMORIES`; a new one is a row there): ``ebmm`` (PPO/A2C +
+:class:`~ebmm_rl.rl.EBMMExtractor` over :class:`~ebmm_rl.rl.EpisodeMemoryWrapper`), ``ebmm-recurrent``
+(sb3-contrib ``RecurrentPPO`` with :class:`~ebmm_rl.rl.recurrent.EBMMRecurrentPolicy`: the memory is the recurrent
+state), ``mlp`` (PPO/A2C, no memory), ``frame-stack`` (PPO/A2C over gymnasium's ``FrameStackObservation`` of the last
 ``--frame-stack`` observations, by default the whole episode), ``lstm`` (sb3-contrib ``RecurrentPPO``).
 
 TensorBoard: ``tensorboard --logdir runs``; a run is ``runs/{env}__{memory}__{seed}__{time}`` and holds the final
@@ -19,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -39,7 +42,25 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 import envs  # noqa: F401  (registers the ids in this process)
 from ebmm_rl.rl import EBMMExtractor, EpisodeMemoryWrapper, MultiBinaryToMultiDiscrete
 
-Memory = Literal["ebmm", "mlp", "frame-stack", "lstm"]
+
+@dataclass(frozen=True)
+class MemoryKind:
+    """One ``--memory`` choice: how it wraps each environment and which policy it trains.
+
+    Attributes:
+        description: what the agent is, in one line.
+        wrap: ``wrap(env, write_queries, frame_stack) -> env``, a module-level function (SubprocVecEnv workers
+            unpickle it by reference).
+        policy: ``policy(args) -> (policy, policy_kwargs)``: the SB3 policy (a registered name or a class) and the
+            keyword arguments it needs besides ``net_arch``.
+        recurrent: trained by sb3-contrib's ``RecurrentPPO`` (the policy carries state across steps) instead of
+            PPO / A2C.
+    """
+
+    description: str
+    wrap: Callable[[gym.Env, bool, int], gym.Env]
+    policy: Callable[[Args], tuple[str | type, dict[str, Any]]]
+    recurrent: bool = False
 
 
 @dataclass
@@ -48,10 +69,12 @@ class Args:
 
     env: str = "ebmm/BinaryRecall-Easy-v0"
     """gymnasium id of the environment (``ebmm/<Family>[-Easy|-Medium|-Hard]-v0``)"""
-    memory: Memory = "ebmm"
-    """ebmm: EBMM extractor; mlp: no memory; frame-stack: the last observations stacked; lstm: RecurrentPPO"""
+    memory: str = "ebmm"
+    """memory kind, a key of ``MEMORIES``: ebmm (PPO/A2C + EBMM extractor), ebmm-recurrent (RecurrentPPO, EBMM as
+    its recurrent core), mlp (no memory), frame-stack (the last observations stacked), lstm (RecurrentPPO)"""
     algo: Literal["ppo", "a2c"] = "ppo"
-    """on-policy algorithm (``--memory lstm`` always uses sb3-contrib's RecurrentPPO)"""
+    """on-policy algorithm (recurrent memories, ``lstm`` and ``ebmm-recurrent``, always use sb3-contrib's
+    RecurrentPPO)"""
     total_timesteps: int = 100_000
     """environment steps in total (over all parallel envs)"""
     n_envs: int = 1
@@ -63,7 +86,7 @@ class Args:
     freeze_memory: bool = False
     """keep the EBMM memory's meta-parameters fixed (no gradient from the RL loss)"""
     chunk_size: int = 1
-    """EBMM patterns written per chunk (1: online writing, one pattern per env step)"""
+    """EBMM patterns written per chunk (1: online writing, one pattern per env step; ebmm-recurrent needs 1)"""
     hidden_size: int = 64
     """hidden size of a fresh EBMM MLPEnergy"""
     dynamic_size: int = 32
@@ -112,20 +135,95 @@ class Args:
     """torch device of the agent (``auto`` picks CUDA when there is one)"""
 
 
-def wrap_env(env: gym.Env, memory: Memory, write_queries: bool = False, frame_stack: int = 0) -> gym.Env:
-    """Wrap one environment for ``memory`` (picklable by reference, so SubprocVecEnv workers can use it)."""
-    if memory == "ebmm":
-        return EpisodeMemoryWrapper(env, write_phases=(0, 1) if write_queries else (0,))
-    if memory == "frame-stack":
-        size = frame_stack or int(getattr(env.unwrapped, "episode_length", 0)) or 4
-        return FrameStackObservation(env, size, padding_type="zero")
-    if memory == "lstm" and isinstance(env.action_space, spaces.MultiBinary):
+def _wrap_none(env: gym.Env, write_queries: bool, frame_stack: int) -> gym.Env:
+    return env
+
+
+def _wrap_ebmm(env: gym.Env, write_queries: bool, frame_stack: int) -> gym.Env:
+    return EpisodeMemoryWrapper(env, write_phases=(0, 1) if write_queries else (0,))
+
+
+def _wrap_frame_stack(env: gym.Env, write_queries: bool, frame_stack: int) -> gym.Env:
+    size = frame_stack or int(getattr(env.unwrapped, "episode_length", 0)) or 4
+    return FrameStackObservation(env, size, padding_type="zero")
+
+
+def _wrap_lstm(env: gym.Env, write_queries: bool, frame_stack: int) -> gym.Env:
+    if isinstance(env.action_space, spaces.MultiBinary):
         return MultiBinaryToMultiDiscrete(env)  # RecurrentPPO crashes on MultiBinary (docs/envs.md)
     return env
 
 
+def _ebmm_extractor_kwargs(args: Args) -> dict[str, Any]:
+    kwargs: dict[str, Any] = dict(
+        chunk_size=args.chunk_size,
+        freeze_memory=args.freeze_memory,
+        similarities=args.similarities if args.similarities is not None else "ImageRecall" in args.env,
+    )
+    if args.memory_checkpoint:
+        kwargs["memory"] = args.memory_checkpoint
+    else:
+        kwargs["energy"] = dict(hidden_size=args.hidden_size, dynamic_size=args.dynamic_size)
+        kwargs["ebmm"] = dict(
+            write_steps=args.write_steps, read_steps=args.read_steps, use_grad_norm_term=args.grad_norm_term
+        )
+    return kwargs
+
+
+def _ebmm_policy(args: Args) -> tuple[str | type, dict[str, Any]]:
+    return "MultiInputPolicy", dict(
+        features_extractor_class=EBMMExtractor, features_extractor_kwargs=_ebmm_extractor_kwargs(args)
+    )
+
+
+def _ebmm_recurrent_policy(args: Args) -> tuple[str | type, dict[str, Any]]:
+    from ebmm_rl.rl.recurrent import EBMMRecurrentPolicy  # needs sb3-contrib
+
+    return EBMMRecurrentPolicy, dict(features_extractor_kwargs=_ebmm_extractor_kwargs(args))
+
+
+def _plain_policy(args: Args) -> tuple[str | type, dict[str, Any]]:
+    return "MultiInputPolicy", {}
+
+
+def _lstm_policy(args: Args) -> tuple[str | type, dict[str, Any]]:
+    return "MultiInputLstmPolicy", dict(lstm_hidden_size=args.lstm_hidden_size)
+
+
+MEMORIES: dict[str, MemoryKind] = {
+    "ebmm": MemoryKind("PPO/A2C + EBMMExtractor over EpisodeMemoryWrapper (docs/rl.md)", _wrap_ebmm, _ebmm_policy),
+    "ebmm-recurrent": MemoryKind(
+        "RecurrentPPO + EBMMRecurrentPolicy: the memory's fast weights are the recurrent state",
+        _wrap_ebmm,
+        _ebmm_recurrent_policy,
+        recurrent=True,
+    ),
+    "mlp": MemoryKind("PPO/A2C, no memory", _wrap_none, _plain_policy),
+    "frame-stack": MemoryKind("PPO/A2C over the last --frame-stack observations", _wrap_frame_stack, _plain_policy),
+    "lstm": MemoryKind("sb3-contrib RecurrentPPO, LSTM", _wrap_lstm, _lstm_policy, recurrent=True),
+}
+"""Every ``--memory`` choice. A new baseline memory is one row here (and, if it needs them, fields in ``Args``)."""
+
+
+def memory_kind(name: str) -> MemoryKind:
+    """The row of :data:`MEMORIES` called ``name``.
+
+    Raises:
+        ValueError: no such memory.
+    """
+    if name not in MEMORIES:
+        raise ValueError(f"unknown memory {name!r}; choose among {sorted(MEMORIES)}")
+    return MEMORIES[name]
+
+
+def wrap_env(env: gym.Env, memory: str, write_queries: bool = False, frame_stack: int = 0) -> gym.Env:
+    """Wrap one environment for ``memory`` (picklable by reference, so SubprocVecEnv workers can use it)."""
+    return memory_kind(memory).wrap(env, write_queries, frame_stack)
+
+
 def make_env(args: Args, n_envs: int | None = None, seed: int | None = None) -> VecEnv:
     """The vectorised, wrapped environment of ``args`` (SubprocVecEnv when more than one env)."""
+    memory_kind(args.memory)
     n_envs = args.n_envs if n_envs is None else n_envs
     return make_vec_env(
         f"envs:{args.env}",  # the prefix imports envs in fresh worker processes
@@ -139,7 +237,9 @@ def make_env(args: Args, n_envs: int | None = None, seed: int | None = None) -> 
 
 def build_model(args: Args, env: VecEnv) -> BaseAlgorithm:
     """The agent of ``args`` on ``env``."""
-    policy_kwargs: dict[str, Any] = dict(net_arch=list(args.net_arch))
+    kind = memory_kind(args.memory)
+    policy, extra = kind.policy(args)
+    policy_kwargs: dict[str, Any] = dict(net_arch=list(args.net_arch), **extra)
     common = dict(
         learning_rate=args.learning_rate,
         n_steps=args.n_steps,
@@ -149,44 +249,17 @@ def build_model(args: Args, env: VecEnv) -> BaseAlgorithm:
         device=args.device,
         verbose=0,
     )
-    if args.memory == "lstm":
+    if kind.recurrent:
         if args.algo != "ppo":
-            raise ValueError("--memory lstm trains sb3-contrib's RecurrentPPO; use --algo ppo")
+            raise ValueError(f"--memory {args.memory} trains sb3-contrib's RecurrentPPO; use --algo ppo")
         from sb3_contrib import RecurrentPPO
 
-        policy_kwargs["lstm_hidden_size"] = args.lstm_hidden_size
         return RecurrentPPO(
-            "MultiInputLstmPolicy",
-            env,
-            batch_size=args.batch_size,
-            n_epochs=args.n_epochs,
-            policy_kwargs=policy_kwargs,
-            **common,
+            policy, env, batch_size=args.batch_size, n_epochs=args.n_epochs, policy_kwargs=policy_kwargs, **common
         )
-    if args.memory == "ebmm":
-        extractor_kwargs: dict[str, Any] = dict(
-            chunk_size=args.chunk_size,
-            freeze_memory=args.freeze_memory,
-            similarities=args.similarities if args.similarities is not None else "ImageRecall" in args.env,
-        )
-        if args.memory_checkpoint:
-            extractor_kwargs["memory"] = args.memory_checkpoint
-        else:
-            extractor_kwargs["energy"] = dict(hidden_size=args.hidden_size, dynamic_size=args.dynamic_size)
-            extractor_kwargs["ebmm"] = dict(
-                write_steps=args.write_steps, read_steps=args.read_steps, use_grad_norm_term=args.grad_norm_term
-            )
-        policy_kwargs.update(features_extractor_class=EBMMExtractor, features_extractor_kwargs=extractor_kwargs)
     if args.algo == "a2c":
-        return A2C("MultiInputPolicy", env, policy_kwargs=policy_kwargs, **common)
-    return PPO(
-        "MultiInputPolicy",
-        env,
-        batch_size=args.batch_size,
-        n_epochs=args.n_epochs,
-        policy_kwargs=policy_kwargs,
-        **common,
-    )
+        return A2C(policy, env, policy_kwargs=policy_kwargs, **common)
+    return PPO(policy, env, batch_size=args.batch_size, n_epochs=args.n_epochs, policy_kwargs=policy_kwargs, **common)
 
 
 def run_name(args: Args) -> str:
@@ -200,6 +273,7 @@ def _write_queries(args: Args) -> bool:
 
 def main(args: Args) -> BaseAlgorithm:
     """Train, evaluate periodically, log to TensorBoard and save the model; returns the trained agent."""
+    memory_kind(args.memory)  # fail before creating the run folder
     torch.set_num_threads(args.threads)
     run_dir = Path(args.run_root) / run_name(args)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -8,9 +8,10 @@ rollout collection alone (time inside ``collect_rollouts``) and of the whole ``l
 
 Agents: ``mlp`` (PPO, no memory), ``ebmm`` (PPO + EBMMExtractor with its rollout cache), ``ebmm-nocache``
 (the same, re-writing the whole history at every rollout step), ``ebmm-frozen`` (frozen memory: no higher-order
-graph in updates), ``ebmm-nogradnorm`` (writing loss without the ``α‖∇ₓE‖²`` term), ``lstm`` (sb3-contrib
-RecurrentPPO). The EBMM memory is a fresh MLPEnergy with the
-``agents.train`` defaults (hidden 64, dynamic 32, 3 write and 3 read steps).
+graph in updates), ``ebmm-nogradnorm`` (writing loss without the ``α‖∇ₓE‖²`` term), ``ebmm-recurrent``
+(sb3-contrib RecurrentPPO with the memory as its recurrent state, ``EBMMRecurrentPolicy``), ``lstm`` (sb3-contrib
+RecurrentPPO). The EBMM memory is a fresh MLPEnergy with the ``agents.train`` defaults (hidden 64, dynamic 32, 3 write
+and 3 read steps).
 """
 
 from __future__ import annotations
@@ -26,19 +27,19 @@ from agents.train import Args as TrainArgs
 from agents.train import build_model, make_env
 from ebmm_rl.rl import EBMMExtractor
 
-AGENTS = ("mlp", "ebmm", "ebmm-nocache", "ebmm-frozen", "ebmm-nogradnorm", "lstm")
+AGENTS = ("mlp", "ebmm", "ebmm-nocache", "ebmm-frozen", "ebmm-nogradnorm", "ebmm-recurrent", "lstm")
 
 
 @dataclass
 class Args:
-    """Steps/s of PPO-MLP, PPO+EBMM (with and without the rollout cache) and RecurrentPPO."""
+    """Steps/s of PPO-MLP, PPO+EBMM (with and without the rollout cache), RecurrentPPO+EBMM and RecurrentPPO."""
 
     env: str = "ebmm/BinaryRecall-Medium-v0"
     """environment id"""
     steps: int = 2048
     """environment steps per agent (``learn(steps)``)"""
     agents: tuple[str, ...] = AGENTS
-    """agents to time, among mlp, ebmm, ebmm-nocache, ebmm-frozen, ebmm-nogradnorm, lstm"""
+    """agents to time, among mlp, ebmm, ebmm-nocache, ebmm-frozen, ebmm-nogradnorm, ebmm-recurrent, lstm"""
     n_steps: int = 256
     """rollout length (steps per update)"""
     batch_size: int = 64
@@ -53,11 +54,11 @@ class Args:
 
 def bench(args: Args, agent: str) -> tuple[float, float]:
     """``(rollout steps/s, learn steps/s)`` of ``agent``."""
-    memory = "ebmm" if agent.startswith("ebmm") else agent
+    memory = agent if agent in ("ebmm-recurrent", "mlp", "lstm") else "ebmm"
     train_args = replace(
         TrainArgs(),
         env=args.env,
-        memory=memory,  # type: ignore[arg-type]
+        memory=memory,
         n_steps=args.n_steps,
         batch_size=args.batch_size,
         n_epochs=args.n_epochs,

@@ -249,7 +249,7 @@ def test_recurrent_ppo_runs_with_the_action_wrapper():
 
 
 # ------------------------------------------------------------------------------------------------ agents
-@pytest.mark.parametrize("memory", ["ebmm", "mlp"])
+@pytest.mark.parametrize("memory", ["ebmm", "ebmm-recurrent", "mlp"])
 def test_train_script_runs(tmp_path, memory):
     args = [
         "--env", "ebmm/BinaryRecall-Easy-v0", "--memory", memory, "--total-timesteps", "64", "--n-steps", "32",
@@ -262,3 +262,81 @@ def test_train_script_runs(tmp_path, memory):
     (run_dir,) = tmp_path.iterdir()
     assert run_dir.name.startswith(f"ebmm-BinaryRecall-Easy-v0__{memory}__0__")
     assert (run_dir / "model.zip").exists()
+
+
+# ------------------------------------------------------------------------------------- recurrent (RecurrentPPO)
+def recurrent_model(env_id: str = "ebmm/BinaryRecall-Easy-v0"):
+    from sb3_contrib import RecurrentPPO
+
+    from ebmm_rl.rl.recurrent import EBMMRecurrentPolicy
+
+    policy_kwargs = dict(features_extractor_kwargs=TINY, net_arch=[16])
+    kwargs = dict(n_steps=32, batch_size=32, n_epochs=1, seed=0, policy_kwargs=policy_kwargs)
+    return RecurrentPPO(EBMMRecurrentPolicy, make_env(env_id), **kwargs)
+
+
+@pytest.mark.parametrize("family", ["BinaryRecall", "Familiarity"])
+def test_recurrent_features_equal_the_extractors(family):
+    model = recurrent_model(f"ebmm/{family}-Easy-v0")
+    policy, env = model.policy, model.env.envs[0]
+    observations = collect(env, 20)  # several episodes, resets included
+    starts = torch.tensor([float(o["history_len"] == 0 and o["step"] == 0) for o in observations])
+    batch = {k: torch.as_tensor(np.stack([np.asarray(o[k]) for o in observations])) for k in env.observation_space}
+    zeros = torch.zeros(1, 1, policy.memory_size)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            features, _ = policy.unroll(batch, (zeros, zeros), starts)  # one sequence of 20 steps
+            reference = policy.features_extractor(as_batch(observations, env.observation_space))
+        torch.testing.assert_close(features, reference, rtol=1e-5, atol=1e-5)
+    # the same sequence cut in two, the second half started from the state the first half left
+    with torch.no_grad():
+        head, state = policy.unroll({k: v[:7] for k, v in batch.items()}, (zeros, zeros), starts[:7])
+        tail, _ = policy.unroll({k: v[7:] for k, v in batch.items()}, state, starts[7:])
+    torch.testing.assert_close(torch.cat([head, tail]), reference.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_recurrent_policy_learns_and_round_trips(tmp_path):
+    from sb3_contrib import RecurrentPPO
+
+    model = recurrent_model("ebmm/BinaryRecall-Easy-v0")
+    memory = model.policy.features_extractor.memory
+    before = {n: p.detach().clone() for n, p in memory.named_parameters()}
+    model.learn(64)
+    assert all(not torch.equal(before[n], p) for n, p in memory.named_parameters())  # gradients reach every one
+    model.save(tmp_path / "model.zip")
+    loaded = RecurrentPPO.load(tmp_path / "model.zip")
+    env = make_env("ebmm/BinaryRecall-Easy-v0")
+    obs, _ = env.reset(seed=3)
+    states = {id(m): None for m in (model, loaded)}
+    start = np.array([True])
+    for _ in range(9):  # three episodes
+        actions = []
+        for m in (model, loaded):
+            action, states[id(m)] = m.predict(obs, state=states[id(m)], episode_start=start, deterministic=True)
+            actions.append(action)
+        np.testing.assert_array_equal(actions[0], actions[1])
+        assert env.action_space.contains(actions[0].astype(np.int8))
+        obs, _, terminated, truncated, _ = env.step(actions[0].astype(np.int8))
+        start = np.array([terminated or truncated])
+        if start[0]:
+            obs, _ = env.reset()
+
+
+def test_recurrent_policy_rejects_chunks():
+    with pytest.raises(ValueError, match="chunk_size must be 1"):
+        from sb3_contrib import RecurrentPPO
+
+        from ebmm_rl.rl.recurrent import EBMMRecurrentPolicy
+
+        policy_kwargs = dict(features_extractor_kwargs=dict(TINY, chunk_size=2))
+        RecurrentPPO(EBMMRecurrentPolicy, make_env(), n_steps=8, policy_kwargs=policy_kwargs)
+
+
+def test_ppo_keeps_a_checkpoint_memory_intact(tmp_path):
+    env = make_env("ebmm/BinaryRecall-Easy-v0")
+    source = extractor(env)
+    save_memory(source.memory, tmp_path / "memory.pt")
+    policy = dict(features_extractor_class=EBMMExtractor, features_extractor_kwargs=dict(memory=tmp_path / "memory.pt"))
+    model = PPO("MultiInputPolicy", env, n_steps=8, batch_size=8, policy_kwargs=policy)  # ortho_init=True (default)
+    for name, p in model.policy.features_extractor.memory.state_dict().items():
+        torch.testing.assert_close(p, source.memory.state_dict()[name], msg=name)

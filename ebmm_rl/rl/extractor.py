@@ -180,14 +180,32 @@ class EBMMExtractor(BaseFeaturesExtractor):
         return self.head(self._raw_features(observations))
 
     def _raw_features(self, obs: dict[str, Tensor]) -> Tensor:
-        history, query = obs["history"], obs["query"]  # [B, L, D], [B, D]
+        history = obs["history"]  # [B, L, D]
         lengths = _lengths(obs["history_len"], self.max_patterns)  # [B]
-        create_graph = torch.is_grad_enabled() and any(p.requires_grad for p in self.memory.parameters())
+        create_graph = self.needs_graph()
         if create_graph or self.cache_size == 0:
             state = self.write(history, lengths, create_graph=create_graph)
         else:
             state = self.write_cached(history, lengths)
-        result = self.memory.read(query.unsqueeze(1), state, create_graph=create_graph)
+        return self.read_features(obs, state, lengths)
+
+    def needs_graph(self) -> bool:
+        """Whether writes and reads must keep the graph: gradients are on and the memory is trainable."""
+        return torch.is_grad_enabled() and any(p.requires_grad for p in self.memory.parameters())
+
+    def read_features(self, obs: dict[str, Tensor], state: MemoryState, lengths: Tensor) -> Tensor:
+        """Read with ``obs["query"]`` from the written ``state`` and assemble the raw features (before the head).
+
+        Args:
+            obs: preprocessed observations (see :meth:`forward`), ``B`` rows.
+            state: the memory of each row (``B`` episodes), holding ``history[:lengths]``.
+            lengths: ``[B]`` valid rows of each ``obs["history"]``.
+
+        Returns:
+            ``[B, raw features]``.
+        """
+        history, query = obs["history"], obs["query"]  # [B, L, D], [B, D]
+        result = self.memory.read(query.unsqueeze(1), state, create_graph=self.needs_graph())
         retrieved = result.retrieved[:, 0]  # [B, D]
         energies = self.memory.energies(result.iterates[[0, -1]], state)[:, :, 0].T  # [B, 2]: E(query), E(retrieved)
         features = [retrieved, energies, query]
@@ -217,6 +235,29 @@ class EBMMExtractor(BaseFeaturesExtractor):
         return self.memory.write_chunked(
             history[:, :longest], self.chunk_size, pattern_mask=mask[:, :longest], create_graph=create_graph
         )
+
+    def write_new(self, history: Tensor, lengths: Tensor, state: MemoryState, create_graph: bool) -> MemoryState:
+        """Continue ``state`` with the rows it lacks: ``history[state.num_written : lengths]``, one pattern per chunk.
+
+        The recurrent route (:class:`~ebmm_rl.rl.recurrent.EBMMRecurrentPolicy`) carries ``state`` across env steps,
+        so a step writes only the pattern stored since the previous one. Rows with nothing new (or fewer valid rows
+        than written, e.g. padding) are left unchanged. With ``chunk_size=1`` the result equals :meth:`write`.
+
+        Args:
+            history: ``[B, L, D]`` stored patterns, padded.
+            lengths: ``[B]`` valid rows of each history.
+            state: the memories so far (``B`` episodes, ``num_written`` rows each).
+            create_graph: keep the graph for gradients to the memory.
+        """
+        start = state.num_written  # [B]
+        rounds = int((lengths - start).max().clamp(min=0)) if history.shape[0] else 0
+        batch = torch.arange(history.shape[0], device=history.device)  # [B]
+        for j in range(rounds):
+            idx = start + j  # [B] the row each episode writes this round
+            mask = (idx < lengths).unsqueeze(1)  # [B, 1]
+            chunk = history[batch, idx.clamp(max=history.shape[1] - 1)].unsqueeze(1)  # [B, 1, D]
+            state = self.memory.write(chunk, state, pattern_mask=mask, create_graph=create_graph)
+        return state
 
     @torch.no_grad()
     def write_cached(self, history: Tensor, lengths: Tensor) -> MemoryState:
@@ -286,6 +327,17 @@ class EBMMExtractor(BaseFeaturesExtractor):
         if mode != self.training:
             self.clear_cache()
         return super().train(mode)
+
+    def apply(self, fn) -> EBMMExtractor:  # noqa: ANN001
+        """Apply ``fn`` to the head only: the memory keeps its own initialisation.
+
+        SB3's ``ActorCriticPolicy`` (``ortho_init=True``, the default) re-initialises every ``nn.Linear`` of the
+        features extractor orthogonally through ``apply``; that would overwrite a meta-trained memory loaded from a
+        checkpoint (and the energy network's own initialisation of a fresh one).
+        """
+        self.head.apply(fn)
+        fn(self)
+        return self
 
     def _store(self, key: _Key, weights: dict[str, Tensor]) -> None:
         self._cache[key] = weights

@@ -1,0 +1,227 @@
+"""Results table: every agent on every environment family for several seeds at one fixed step budget.
+
+Each (env, agent, seed) run trains the agent of ``agents.train`` (its defaults, ``--memory <agent>``) for ``--steps``
+env steps, then evaluates the deterministic policy on ``--eval-episodes`` fresh episodes (env seed ``seed + 10000``)
+and saves a small JSON under ``--out-dir`` (outside the repository), so a killed sweep continues where it stopped.
+The table gives, per env, the mean evaluation return over seeds ± the 95% confidence interval of that mean (Student t
+over seeds), the chance level (best memoryless policy, exact) and the return of the oracle policy (playing
+``get_state()["answer"]``, measured on the same episodes)::
+
+    python scripts/rl_results.py --steps 5000 --doc docs/rl_results.md
+    python scripts/rl_results.py --envs ebmm/BinaryRecall-Easy-v0 --agents mlp ebmm --seeds 0 --steps 64
+
+``--doc`` replaces the block between ``<!-- rl_results:begin -->`` and ``<!-- rl_results:end -->`` of that file
+(appending one if there is none); ``--out`` always receives the table alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import tyro
+from stable_baselines3.common.evaluation import evaluate_policy
+from tqdm.auto import tqdm
+
+import envs  # noqa: F401  (registers the ids)
+from agents.train import Args as TrainArgs
+from agents.train import build_model, make_env, memory_kind
+
+MEDIUM = tuple(f"ebmm/{f}-Medium-v0" for f in ("BinaryRecall", "KeyValueRecall", "ImageRecall", "Familiarity",
+                                                "DelayedRecall"))  # fmt: skip
+"""The Medium variant of every environment family."""
+BEGIN, END = "<!-- rl_results:begin -->", "<!-- rl_results:end -->"
+"""Markers of the generated block in ``--doc``."""
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+"""Two-sided 95% Student t quantiles for 1..10 degrees of freedom."""
+
+
+@dataclass
+class Args:
+    """Train every agent on every env for several seeds at one step budget; write the table of returns."""
+
+    envs: tuple[str, ...] = MEDIUM
+    """environment ids (one table row each)"""
+    agents: tuple[str, ...] = ("mlp", "frame-stack", "lstm", "ebmm")
+    """agents: ``--memory`` choices of agents.train (one table column each)"""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """seeds of agent and environments"""
+    steps: int = 5000
+    """env steps of training per run (the same for every agent and env)"""
+    eval_episodes: int = 100
+    """evaluation episodes per run (deterministic policy)"""
+    out_dir: str = "/work/runs_rl/results"
+    """folder of the per-run JSON results (keep it outside the repository)"""
+    out: str | None = None
+    """file to write the markdown table to (default: ``out_dir/table.md``)"""
+    doc: str | None = None
+    """markdown file whose generated block (between the rl_results markers) receives the table"""
+    threads: int = 1
+    """torch CPU threads"""
+    progress: bool = True
+    """show a progress bar over the runs"""
+
+
+def result_path(out_dir: str | Path, env_id: str, agent: str, seed: int, steps: int) -> Path:
+    """Where the JSON of one run lives."""
+    return Path(out_dir) / f"{env_id.replace('/', '-')}__{agent}__{seed}__{steps}.json"
+
+
+def run_one(env_id: str, agent: str, seed: int, steps: int, eval_episodes: int) -> dict[str, Any]:
+    """Train one agent (``agents.train`` defaults) and evaluate it; returns the JSON-able result."""
+    train_args = replace(TrainArgs(), env=env_id, memory=agent, seed=seed, total_timesteps=steps, eval_freq=0)
+    memory_kind(agent)
+    env = make_env(train_args)
+    model = build_model(train_args, env)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    model.learn(steps)
+    train_seconds = time.perf_counter() - start
+    eval_env = make_env(train_args, n_envs=1, seed=seed + 10_000)
+    start = time.perf_counter()
+    returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=eval_episodes, deterministic=True,
+                                 return_episode_rewards=True)  # fmt: skip
+    eval_seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu_start  # training + evaluation, this process's CPU time
+    env.close()
+    eval_env.close()
+    return dict(
+        env=env_id,
+        agent=agent,
+        seed=seed,
+        steps=int(model.num_timesteps),
+        eval_episodes=eval_episodes,
+        mean_return=float(np.mean(returns)),
+        returns=[float(r) for r in returns],
+        train_seconds=train_seconds,
+        eval_seconds=eval_seconds,
+        cpu_seconds=cpu_seconds,
+        steps_per_s=model.num_timesteps / train_seconds,
+        train_args=asdict(train_args),
+        finished=time.strftime("%Y-%m-%d %H:%M:%S"),
+    )
+
+
+def reference_returns(env_id: str, episodes: int, seed: int = 10_000) -> tuple[float, float, float]:
+    """``(chance, max, oracle)``: the env's exact chance and maximum returns and the oracle's mean return."""
+    env = gym.make(env_id)
+    base = env.unwrapped
+    env.action_space.seed(seed)
+    total = 0.0
+    obs, _ = env.reset(seed=seed)
+    for _ in range(episodes):
+        done = False
+        while not done:
+            answer = base.get_state()["answer"]
+            action = env.action_space.sample() if answer is None else answer
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        obs, _ = env.reset()
+    return float(base.chance_return), float(base.max_return), total / episodes
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of its 95% Student-t confidence interval (0 for one value)."""
+    n = len(values)
+    mean = float(np.mean(values))
+    if n < 2:
+        return mean, 0.0
+    t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96 + 2.5 / (n - 1)  # the approximation is within 0.02 of t
+    return mean, t * float(np.std(values, ddof=1)) / math.sqrt(n)
+
+
+def format_table(
+    results: list[dict[str, Any]], env_ids: list[str], agents: list[str], episodes: int, num_seeds: int
+) -> str:
+    """Markdown table: a row per env, a column per agent (mean ± 95% CI over seeds, best in bold), chance, oracle.
+
+    A cell with fewer than ``num_seeds`` results says how many it has; ``episodes`` oracle episodes are played.
+    """
+    header = "| env | " + " | ".join(agents) + " | chance | oracle |"
+    lines = [header, "|---|" + "---:|" * (len(agents) + 2)]
+    for env_id in env_ids:
+        chance, _, oracle = reference_returns(env_id, episodes)
+        stats = {}
+        for agent in agents:
+            values = [r["mean_return"] for r in results if r["env"] == env_id and r["agent"] == agent]
+            if values:
+                stats[agent] = (*mean_ci(values), len(values))
+        best = max(stats, key=lambda a: stats[a][0]) if stats else None
+        cells = []
+        for agent in agents:
+            if agent not in stats:
+                cells.append("–")
+                continue
+            mean, ci, n = stats[agent]
+            value = f"{mean:.3f} ± {ci:.3f}"
+            cells.append((f"**{value}**" if agent == best else value) + ("" if n == num_seeds else f" (n={n})"))
+        lines.append(f"| {env_id.removeprefix('ebmm/')} | " + " | ".join(cells) + f" | {chance:.3f} | {oracle:.3f} |")
+    return "\n".join(lines)
+
+
+def write_doc(path: str | Path, block: str) -> None:
+    """Replace the generated block of ``path`` (between :data:`BEGIN` and :data:`END`) or append one."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else ""
+    generated = f"{BEGIN}\n{block}\n{END}"
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + generated + text[text.index(END) + len(END) :]
+    else:
+        text = (text.rstrip("\n") + "\n\n" if text else "") + generated + "\n"
+    path.write_text(text)
+
+
+def main(args: Args) -> str:
+    """Run the missing (env, agent, seed) runs, then write and print the table."""
+    torch.set_num_threads(args.threads)
+    for agent in args.agents:
+        memory_kind(agent)  # fail before training anything
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [(e, a, s) for s in args.seeds for e in args.envs for a in args.agents]  # seed by seed: early full rows
+    results = []
+    bar = tqdm(jobs, desc="runs", unit="run", disable=not args.progress)
+    for env_id, agent, seed in bar:
+        path = result_path(out_dir, env_id, agent, seed, args.steps)
+        if path.exists():
+            results.append(json.loads(path.read_text()))
+            continue
+        bar.set_postfix_str(f"{env_id.removeprefix('ebmm/')} {agent} seed {seed}")
+        result = run_one(env_id, agent, seed, args.steps, args.eval_episodes)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, path)  # atomic: a killed sweep never leaves a half-written result
+        results.append(result)
+        bar.write(f"{env_id} {agent} seed {seed}: return {result['mean_return']:.3f} "
+                  f"({result['train_seconds']:.0f} s, {result['steps_per_s']:.0f} steps/s)")  # fmt: skip
+    bar.close()
+    wall_minutes = sum(r["train_seconds"] + r["eval_seconds"] for r in results) / 60
+    cpu_minutes = sum(r.get("cpu_seconds", math.nan) for r in results) / 60
+    table = format_table(results, list(args.envs), list(args.agents), args.eval_episodes, len(args.seeds))
+    note = (
+        f"{args.steps:,} env steps per run, seeds {', '.join(map(str, args.seeds))}, {args.eval_episodes} "
+        f"deterministic evaluation episodes per run; mean return over seeds ± 95% CI (Student t). "
+        f"Training and evaluation took {cpu_minutes:.0f} CPU min ({wall_minutes:.0f} min wall) in total "
+        f"({args.threads} torch thread, "
+        f"{platform.machine()}, torch {torch.__version__})."
+    )
+    block = f"{table}\n\n{note}"
+    out = Path(args.out) if args.out else out_dir / "table.md"
+    out.write_text(block + "\n")
+    if args.doc:
+        write_doc(args.doc, block)
+    print(block)
+    return block
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
