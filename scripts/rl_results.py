@@ -207,12 +207,12 @@ def main(args: Args) -> str:
     wall_minutes = sum(r["train_seconds"] + r["eval_seconds"] for r in results) / 60
     cpu_minutes = sum(r.get("cpu_seconds", math.nan) for r in results) / 60
     table = format_table(results, list(args.envs), list(args.agents), args.eval_episodes, len(args.seeds))
+    done_steps = "/".join(f"{n:,}" for n in sorted({int(r["steps"]) for r in results}))  # learn() rounds up
     note = (
-        f"{args.steps:,} env steps per run, seeds {', '.join(map(str, args.seeds))}, {args.eval_episodes} "
-        f"deterministic evaluation episodes per run; mean return over seeds ± 95% CI (Student t). "
-        f"Training and evaluation took {cpu_minutes:.0f} CPU min ({wall_minutes:.0f} min wall) in total "
-        f"({args.threads} torch thread, "
-        f"{platform.machine()}, torch {torch.__version__})."
+        f"{done_steps} env steps per run (--steps {args.steps}), seeds {', '.join(map(str, args.seeds))}, "
+        f"{args.eval_episodes} deterministic evaluation episodes per run; mean return over seeds ± 95% CI "
+        f"(Student t). Training and evaluation took {cpu_minutes:.0f} CPU min ({wall_minutes:.0f} min wall) in "
+        f"total ({args.threads} torch thread, {platform.machine()}, torch {torch.__version__})."
     )
     block = f"{table}\n\n{note}"
     out = Path(args.out) if args.out else out_dir / "table.md"
