@@ -468,14 +468,7 @@ class EBMMemory(nn.Module):
         Returns:
             ``(loss, errors)``: the scalar loss and the detached ``[K]`` error of each iterate.
         """
-        if patterns.shape != result.retrieved.shape:
-            raise ValueError(
-                f"patterns {tuple(patterns.shape)} must have the shape of the queries that were read "
-                f"{tuple(result.retrieved.shape)}"
-            )
-        sq = (result.iterates[1:] - patterns.unsqueeze(0)).pow(2).flatten(3).sum(dim=3)  # [K, B, M]
-        errors = sq.mean(dim=(1, 2))  # [K]
-        return errors.sum(), errors.detach()
+        return stepwise_loss(patterns, result)
 
     def forward(self, patterns: Tensor, queries: Tensor, known_mask: Tensor | None = None) -> MetaOutput:
         """Write ``patterns``, read ``queries`` (their distorted versions, same order), return the meta-loss.
@@ -513,6 +506,28 @@ class EBMMemory(nn.Module):
                 f"{name} values must lie in data_range {self.config.data_range}, got [{x.min().item():.4g}, "
                 f"{x.max().item():.4g}]; rescale the data or set EBMMConfig.data_range"
             )
+
+
+def stepwise_loss(patterns: Tensor, result: ReadResult) -> tuple[Tensor, Tensor]:
+    """Step-wise reconstruction loss ``Σₖ mean_{b,m} ‖x − x⁽ᵏ⁾‖²`` over read iterates ``k = 1..K`` (App. B.4).
+
+    Shared by :class:`EBMMemory` and the meta-trained baselines.
+
+    Args:
+        patterns: ``[B, M, D...]`` the originals of the queries that were read.
+        result: the read result (``iterates [K + 1, B, M, D...]``).
+
+    Returns:
+        ``(loss, errors)``: the scalar loss and the detached ``[K]`` error of each iterate.
+    """
+    if patterns.shape != result.retrieved.shape:
+        raise ValueError(
+            f"patterns {tuple(patterns.shape)} must have the shape of the queries that were read "
+            f"{tuple(result.retrieved.shape)}"
+        )
+    sq = (result.iterates[1:] - patterns.unsqueeze(0)).pow(2).flatten(3).sum(dim=3)  # [K, B, M]
+    errors = sq.mean(dim=(1, 2))  # [K]
+    return errors.sum(), errors.detach()
 
 
 def _cumulative_decay(first: Tensor, decay_logits: Tensor) -> Tensor:

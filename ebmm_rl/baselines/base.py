@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ebmm_rl.memory import MetaOutput, ReadResult
+from ebmm_rl.memory import MetaOutput, ReadResult, stepwise_loss
 
 
 @dataclass(frozen=True)
@@ -188,14 +188,7 @@ class BaselineMemory(nn.Module):
         Returns:
             ``(loss, errors)``: the scalar loss and the detached ``[K]`` error of each iterate.
         """
-        if patterns.shape != result.retrieved.shape:
-            raise ValueError(
-                f"patterns {tuple(patterns.shape)} must have the shape of the queries that were read "
-                f"{tuple(result.retrieved.shape)}"
-            )
-        sq = (result.iterates[1:] - patterns.unsqueeze(0)).pow(2).flatten(3).sum(dim=3)  # [K, B, M]
-        errors = sq.mean(dim=(1, 2))  # [K]
-        return errors.sum(), errors.detach()
+        return stepwise_loss(patterns, result)
 
     def forward(self, patterns: Tensor, queries: Tensor, known_mask: Tensor | None = None) -> MetaOutput:
         """Write ``patterns``, read ``queries`` (their distorted versions, same order), return the meta-loss.
