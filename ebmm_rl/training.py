@@ -44,7 +44,8 @@ from ebmm_rl.checkpoint import load_checkpoint, memory_spec, save_atomic
 from ebmm_rl.memory import WRITE_TERMS, EBMMemory
 
 Batch = tuple[Tensor, Tensor, "Tensor | None"]
-"""``(patterns [B, N, D...], queries [B, N, D...], known_mask [B, N, D...] or None)``."""
+"""``(patterns [B, N, D...], queries [B, N, D...], known_mask [B, N, D...] or None)``; with a custom ``forward``,
+any tuple of tensors whose first entry has the episodes along dimension 0."""
 Sampler = Callable[[torch.Generator], Batch]
 """Draws one meta-training batch using only the given generator (on the trainer's device)."""
 
@@ -146,6 +147,9 @@ class MetaTrainer:
         hparams: extra values logged as a text table and stored in checkpoints (e.g. the script's arguments).
         evaluate: optional ``evaluate(memory) -> {name: value}``, run every ``eval_every`` steps and at the end.
             Its first value is the score (lower is better): the best evaluation is also saved as ``best.pt``.
+        forward: optional ``forward(memory, batch) -> MetaOutput`` for tasks other than "write the patterns, read
+            their distorted copies" (e.g. :func:`ebmm_rl.rl.env_meta.recall_forward`); default
+            ``memory(*batch)``.
     """
 
     def __init__(
@@ -156,8 +160,10 @@ class MetaTrainer:
         run_dir: str | Path | None = None,
         hparams: dict[str, Any] | None = None,
         evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+        forward: Callable[[nn.Module, tuple[Tensor, ...]], Any] | None = None,
     ) -> None:
         self.config = config
+        self.forward = forward
         self.device = torch.device(config.device)
         self.memory = memory.to(self.device)
         self.sample_batch = sample_batch
@@ -239,8 +245,8 @@ class MetaTrainer:
     def train_step(self) -> StepStats:
         """One meta-step: sample, write, read, backpropagate, guard, update."""
         self.memory.train()
-        patterns, queries, known_mask = self.sample_batch(self.generator)
-        out = self.memory(patterns, queries, known_mask)
+        batch = self.sample_batch(self.generator)
+        out = self.memory(*batch) if self.forward is None else self.forward(self.memory, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss = out.loss
         grad_norm = math.nan
@@ -251,7 +257,8 @@ class MetaTrainer:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip))
             skipped = not math.isfinite(grad_norm) or grad_norm > self.config.skip_grad_norm
         self._apply_or_skip(skipped, float(loss.detach()), grad_norm)
-        return StepStats(self.step, float(loss.detach()), out.errors.tolist(), grad_norm, skipped, patterns.shape[0])
+        episodes = batch[0].shape[0]
+        return StepStats(self.step, float(loss.detach()), out.errors.tolist(), grad_norm, skipped, episodes)
 
     def lr_factor(self, step: int | None = None) -> float:
         """Multiplier of the base learning rates at ``step`` (default: the current step)."""
