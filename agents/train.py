@@ -10,7 +10,11 @@ Memories (the table :data:`MEMORIES`; a new one is a row there): ``ebmm`` (PPO/A
 :class:`~ebmm_rl.rl.EBMMExtractor` over :class:`~ebmm_rl.rl.EpisodeMemoryWrapper`), ``ebmm-recurrent``
 (sb3-contrib ``RecurrentPPO`` with :class:`~ebmm_rl.rl.recurrent.EBMMRecurrentPolicy`: the memory is the recurrent
 state), ``mlp`` (PPO/A2C, no memory), ``frame-stack`` (PPO/A2C over gymnasium's ``FrameStackObservation`` of the last
-``--frame-stack`` observations, by default the whole episode), ``lstm`` (sb3-contrib ``RecurrentPPO``).
+``--frame-stack`` observations, by default the whole episode), ``lstm`` (sb3-contrib ``RecurrentPPO``), and the
+baseline memories ``memnet``, ``mann``, ``plasticity``, ``modern-hopfield``, ``lstm-memory`` (PPO/A2C +
+:class:`~ebmm_rl.rl.MemoryExtractor` over the same wrapper as ``ebmm``; ``docs/baselines.md``)::
+
+    python -m agents.train --env ebmm/BinaryRecall-Easy-v0 --memory memnet
 
 TensorBoard: ``tensorboard --logdir runs``; a run is ``runs/{env}__{memory}__{seed}__{time}`` and holds the final
 ``model.zip``, ``best_model.zip`` (best evaluation) and ``evaluations.npz``.
@@ -19,6 +23,7 @@ TensorBoard: ``tensorboard --logdir runs``; a run is ``runs/{env}__{memory}__{se
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import time
 from collections.abc import Callable
@@ -40,7 +45,9 @@ from stable_baselines3.common.logger import TensorBoardOutputFormat, configure
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 import envs  # noqa: F401  (registers the ids in this process)
-from ebmm_rl.rl import EBMMExtractor, EpisodeMemoryWrapper, MultiBinaryToMultiDiscrete
+from ebmm_rl.checkpoint import load_memory
+from ebmm_rl.protocol import MEMORIES as MEMORY_REGISTRY
+from ebmm_rl.rl import EBMMExtractor, EpisodeMemoryWrapper, MemoryExtractor, MultiBinaryToMultiDiscrete
 
 
 @dataclass(frozen=True)
@@ -70,8 +77,9 @@ class Args:
     env: str = "ebmm/BinaryRecall-Easy-v0"
     """gymnasium id of the environment (``ebmm/<Family>[-Easy|-Medium|-Hard]-v0``)"""
     memory: str = "ebmm"
-    """memory kind, a key of ``MEMORIES``: ebmm (PPO/A2C + EBMM extractor), ebmm-recurrent (RecurrentPPO, EBMM as
-    its recurrent core), mlp (no memory), frame-stack (the last observations stacked), lstm (RecurrentPPO)"""
+    """memory kind, a key of ``MEMORIES``: ebmm (PPO/A2C + EBMM extractor), ebmm-recurrent (RecurrentPPO, EBMM
+    as its recurrent core), mlp (no memory), frame-stack (the last observations stacked), lstm (RecurrentPPO),
+    and baselines in PPO/A2C + MemoryExtractor: memnet, mann, plasticity, modern-hopfield, lstm-memory"""
     algo: Literal["ppo", "a2c"] = "ppo"
     """on-policy algorithm (recurrent memories, ``lstm`` and ``ebmm-recurrent``, always use sb3-contrib's
     RecurrentPPO)"""
@@ -82,9 +90,13 @@ class Args:
     seed: int = 0
     """seed of the agent and the environments"""
     memory_checkpoint: str | None = None
-    """start the EBMM memory from this meta-training checkpoint (its energy must take flat patterns of size D)"""
+    """start the memory (EBMM or a baseline of the same kind) from this meta-training checkpoint (it must take flat
+    patterns of size D)"""
+    memory_budget: int | None = None
+    """float32 values per episode of a baseline memory (memnet, mann, ...; default: MemoryExtractor's default for
+    the env's history, ``ebmm_rl.rl.memory_extractor.DEFAULT_RL_BUDGETS``)"""
     freeze_memory: bool = False
-    """keep the EBMM memory's meta-parameters fixed (no gradient from the RL loss)"""
+    """keep the memory's meta-parameters fixed (no gradient from the RL loss)"""
     chunk_size: int = 1
     """EBMM patterns written per chunk (1: online writing, one pattern per env step; ebmm-recurrent needs 1)"""
     hidden_size: int = 64
@@ -182,6 +194,30 @@ def _ebmm_recurrent_policy(args: Args) -> tuple[str | type, dict[str, Any]]:
     return EBMMRecurrentPolicy, dict(features_extractor_kwargs=_ebmm_extractor_kwargs(args))
 
 
+def _baseline_policy(name: str, args: Args) -> tuple[str | type, dict[str, Any]]:
+    """``MultiInputPolicy`` + :class:`MemoryExtractor` over the baseline ``name`` of ``ebmm_rl.protocol.MEMORIES``."""
+    kwargs: dict[str, Any] = dict(
+        freeze_memory=args.freeze_memory,
+        similarities=args.similarities if args.similarities is not None else "ImageRecall" in args.env,
+    )
+    if args.memory_checkpoint:
+        if args.memory_budget is not None:
+            raise ValueError("--memory-budget sizes a fresh memory; it cannot be combined with --memory-checkpoint")
+        memory = load_memory(args.memory_checkpoint)
+        expected = MEMORY_REGISTRY[name].cls
+        if not isinstance(memory, expected):
+            raise ValueError(
+                f"{args.memory_checkpoint} holds a {type(memory).__name__}, not a {expected.__name__}; "
+                f"use --memory {args.memory} with a checkpoint of scripts/meta_train_baseline.py --model {name}"
+            )
+        kwargs["memory"] = memory
+    else:
+        kwargs["memory"] = name
+        if args.memory_budget is not None:
+            kwargs["memory_kwargs"] = dict(budget=args.memory_budget)
+    return "MultiInputPolicy", dict(features_extractor_class=MemoryExtractor, features_extractor_kwargs=kwargs)
+
+
 def _plain_policy(args: Args) -> tuple[str | type, dict[str, Any]]:
     return "MultiInputPolicy", {}
 
@@ -201,8 +237,42 @@ MEMORIES: dict[str, MemoryKind] = {
     "mlp": MemoryKind("PPO/A2C, no memory", _wrap_none, _plain_policy),
     "frame-stack": MemoryKind("PPO/A2C over the last --frame-stack observations", _wrap_frame_stack, _plain_policy),
     "lstm": MemoryKind("sb3-contrib RecurrentPPO, LSTM", _wrap_lstm, _lstm_policy, recurrent=True),
+    "memnet": MemoryKind(
+        "PPO/A2C + MemoryExtractor, Memory Networks (FIFO slots read by soft attention)",
+        _wrap_ebmm,
+        functools.partial(_baseline_policy, "memnet"),
+    ),
+    "mann": MemoryKind(
+        "PPO/A2C + MemoryExtractor, MANN (least-recently-used slot writes)",
+        _wrap_ebmm,
+        functools.partial(_baseline_policy, "mann"),
+    ),
+    "plasticity": MemoryKind(
+        "PPO/A2C + MemoryExtractor, differentiable plasticity (Hebbian trace)",
+        _wrap_ebmm,
+        functools.partial(_baseline_policy, "plasticity"),
+    ),
+    "modern-hopfield": MemoryKind(
+        "PPO/A2C + MemoryExtractor, modern Hopfield retrieval over the stored patterns (learned beta)",
+        _wrap_ebmm,
+        functools.partial(_baseline_policy, "modern_hopfield"),
+    ),
+    "lstm-memory": MemoryKind(
+        "PPO/A2C + MemoryExtractor, an LSTM that reads the history then the query (H = 64; not RecurrentPPO)",
+        _wrap_ebmm,
+        functools.partial(_baseline_policy, "lstm"),
+    ),
 }
-"""Every ``--memory`` choice. A new baseline memory is one row here (and, if it needs them, fields in ``Args``)."""
+"""Every ``--memory`` choice. A new baseline memory is one row here (and, if it needs them, fields in ``Args``).
+
+The baseline memories of ``ebmm_rl.protocol.MEMORIES`` that can act as an agent's memory are the rows ``memnet``,
+``mann``, ``plasticity``, ``modern-hopfield`` and ``lstm-memory`` (the registry's ``lstm``, renamed so as not to
+clash with the RecurrentPPO agent ``lstm``), all PPO/A2C + :class:`~ebmm_rl.rl.MemoryExtractor` over
+``EpisodeMemoryWrapper``, sized by ``--memory-budget`` (default: ``DEFAULT_RL_BUDGETS``). The denoising auto-encoder
+and the VAE (``dae``, ``vae``) are left out: they write nothing (memory size 0) and only denoise the query with a
+prior learned over the data, so as agents they would be a memoryless policy with extra layers (``mlp`` is that
+baseline). The classical Hopfield rules (``hebb``, ``storkey``, ``pseudo_inverse``) have no parameters to train and
+no masked write; ``ebmm_rnn`` is EBMM, served by ``ebmm``."""
 
 
 def memory_kind(name: str) -> MemoryKind:
@@ -326,8 +396,8 @@ def _log_hyperparameters(model: BaseAlgorithm, args: Args) -> None:
             fmt.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{rows}")
             fmt.writer.flush()
     extractor = getattr(model.policy, "features_extractor", None)
-    if isinstance(extractor, EBMMExtractor):
-        print(f"EBMM memory: {extractor.memory.memory_size} writable floats per episode, "
+    if isinstance(extractor, EBMMExtractor | MemoryExtractor):
+        print(f"{type(extractor.memory).__name__} memory: {extractor.memory.memory_size} writable floats per episode, "
               f"{sum(p.numel() for p in extractor.memory.parameters())} meta-parameters")  # fmt: skip
     print(f"policy parameters: {sum(int(np.prod(p.shape)) for p in model.policy.parameters())}")
 

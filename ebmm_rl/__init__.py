@@ -1,7 +1,7 @@
 """ebmm_rl: meta-learned energy-based memory (EBMM) for reinforcement-learning agents.
 
-The SB3 integration is exported lazily (``from ebmm_rl import EBMMExtractor``), so ``import ebmm_rl`` alone
-does not import Stable-Baselines3.
+The SB3 integration is exported lazily (``from ebmm_rl import EBMMExtractor, MemoryExtractor``), so
+``import ebmm_rl`` alone does not import Stable-Baselines3.
 """
 
 from __future__ import annotations
@@ -12,14 +12,15 @@ from ebmm_rl.checkpoint import load_memory, save_memory
 from ebmm_rl.memory import EBMMConfig, EBMMemory, MemoryState, MetaOutput, ReadResult
 
 if TYPE_CHECKING:
-    from ebmm_rl.rl import EBMMExtractor, EpisodeMemoryWrapper, MultiBinaryToMultiDiscrete
+    from ebmm_rl.rl import EBMMExtractor, EpisodeMemoryWrapper, MemoryExtractor, MultiBinaryToMultiDiscrete
 
-_LAZY = ("EBMMExtractor", "EpisodeMemoryWrapper", "MultiBinaryToMultiDiscrete")
+_LAZY = ("EBMMExtractor", "EpisodeMemoryWrapper", "MemoryExtractor", "MultiBinaryToMultiDiscrete")
 __all__ = [
     "EBMMConfig",
     "EBMMemory",
     "EBMMExtractor",
     "EpisodeMemoryWrapper",
+    "MemoryExtractor",
     "MemoryState",
     "MetaOutput",
     "MultiBinaryToMultiDiscrete",

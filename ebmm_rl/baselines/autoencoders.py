@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ebmm_rl.baselines.base import BaselineConfig, BaselineMemory
+from ebmm_rl.baselines.base import BaselineConfig, BaselineMemory, check_pattern_mask, count_written
 from ebmm_rl.baselines.codec import Codec
 from ebmm_rl.memory import MetaOutput, ReadResult
 
@@ -35,11 +35,12 @@ class NoState:
 
     Attributes:
         batch: ``B``, the number of episodes.
-        num_written: patterns given to ``write`` so far per episode (and ignored).
+        num_written: patterns given to ``write`` so far per episode (and ignored); a ``[B]`` tensor after masked
+            writes.
     """
 
     batch: int
-    num_written: int = 0
+    num_written: int | Tensor = 0
 
     @property
     def batch_size(self) -> int:
@@ -89,13 +90,14 @@ class _NonMemory(BaselineMemory):
         """0: nothing is written."""
         return 0
 
-    def write(self, patterns: Tensor, state: NoState | None = None) -> NoState:
-        """Check ``patterns [B, N, D...]`` and store nothing."""
+    def write(self, patterns: Tensor, state: NoState | None = None, pattern_mask: Tensor | None = None) -> NoState:
+        """Check ``patterns [B, N, D...]`` and ``pattern_mask [B, N]`` (False = padding, not counted); store nothing."""
         self.check(patterns, "patterns")
+        pattern_mask = check_pattern_mask(pattern_mask, patterns)
         B, N = patterns.shape[:2]
         if state is not None and state.batch_size != B:
             raise ValueError(f"state holds {state.batch_size} episodes but patterns have B={B}; they must match")
-        return NoState(B, (0 if state is None else state.num_written) + N)
+        return NoState(B, count_written(0 if state is None else state.num_written, pattern_mask, N))
 
 
 class DenoisingAutoencoder(_NonMemory):

@@ -3,8 +3,11 @@
 A baseline is an ``nn.Module`` with the interface of :class:`~ebmm_rl.memory.EBMMemory`, so that
 :class:`~ebmm_rl.training.MetaTrainer` trains it and :mod:`ebmm_rl.protocol` registers it:
 
-* ``write(patterns [B, N, D...], state=None) -> state``: the state is explicit, batched over ``B`` episodes, and
-  passing ``state`` continues writing into it (chunked online writing);
+* ``write(patterns [B, N, D...], state=None, pattern_mask=None) -> state``: the state is explicit, batched over
+  ``B`` episodes, and passing ``state`` continues writing into it (chunked online writing); ``pattern_mask [B, N]``
+  (bool) marks padding, which leaves its episode's state exactly as it was (an RL history padded to a fixed
+  length, :class:`~ebmm_rl.rl.MemoryExtractor`). Without a mask ``num_written`` is one ``int`` for all episodes;
+  with one it becomes a ``[B]`` tensor, each episode's own count;
 * ``read(queries [B, M, D...], state, known_mask=None) -> ReadResult``: ``iterates [K + 1, B, M, D...]``, the
   projected query and ``K`` read steps (``K = 1`` for one-shot readers);
 * ``recall(...) = read(...).retrieved``; ``forward(patterns, queries, known_mask) -> MetaOutput``.
@@ -103,6 +106,41 @@ def check_known_mask(known_mask: Tensor | None, queries: Tensor) -> Tensor | Non
         ) from None
 
 
+def check_pattern_mask(pattern_mask: Tensor | None, patterns: Tensor) -> Tensor | None:
+    """Validate ``pattern_mask [B, N]`` (True = a real pattern, False = padding) against ``patterns [B, N, ...]``.
+
+    Returns:
+        The mask on ``patterns``' device, or ``None`` when none is given.
+    """
+    if pattern_mask is None:
+        return None
+    B, N = patterns.shape[:2]
+    if not isinstance(pattern_mask, Tensor) or pattern_mask.dtype != torch.bool:
+        raise ValueError(
+            f"pattern_mask must be a bool tensor of shape [B, N] = [{B}, {N}] (True = a real pattern, False = "
+            f"padding), got {getattr(pattern_mask, 'dtype', type(pattern_mask).__name__)}; use pattern_mask.bool()"
+        )
+    if tuple(pattern_mask.shape) != (B, N):
+        raise ValueError(
+            f"pattern_mask must have shape [B, N] = [{B}, {N}] (one entry per pattern), got {tuple(pattern_mask.shape)}"
+        )
+    return pattern_mask.to(patterns.device)
+
+
+def count_written(num_written: int | Tensor, pattern_mask: Tensor | None, count: int) -> int | Tensor:
+    """Patterns written per episode after a write of ``count`` patterns (``pattern_mask [B, count]`` or ``None``).
+
+    Without a mask every episode wrote the same number, and an ``int`` count stays an ``int`` (the unmasked
+    behaviour); with a mask, or once it is a ``[B]`` tensor, it is a ``[B]`` long tensor.
+    """
+    return num_written + (count if pattern_mask is None else pattern_mask.sum(dim=1))
+
+
+def keep_unmasked(keep: Tensor, new: Tensor, old: Tensor) -> Tensor:
+    """``new`` for episodes where ``keep [B]`` is True, ``old`` elsewhere (``new``, ``old``: ``[B, ...]``)."""
+    return torch.where(keep.view(-1, *([1] * (new.dim() - 1))), new, old)
+
+
 def check_batch(state_batch: int, queries: Tensor) -> None:
     """Raise ValueError unless the state holds as many episodes as ``queries`` has."""
     if state_batch != queries.shape[0]:
@@ -131,8 +169,12 @@ class BaselineMemory(nn.Module):
         """Float32 values in the written state of one episode (the paper's memory size)."""
         raise NotImplementedError
 
-    def write(self, patterns: Tensor, state=None):  # pragma: no cover - abstract
-        """Store ``patterns [B, N, D...]``, continuing from ``state``; return the new state."""
+    def write(self, patterns: Tensor, state=None, pattern_mask: Tensor | None = None):  # pragma: no cover
+        """Store ``patterns [B, N, D...]``, continuing from ``state``; return the new state.
+
+        ``pattern_mask [B, N]`` (bool, True = a real pattern) marks padding, which leaves its episode's state
+        unchanged; ``None`` writes every pattern.
+        """
         raise NotImplementedError
 
     def read(self, queries: Tensor, state, known_mask: Tensor | None = None) -> ReadResult:  # pragma: no cover

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ebmm_rl.baselines.base import BaselineConfig, BaselineMemory
+from ebmm_rl.baselines.base import BaselineConfig, BaselineMemory, check_pattern_mask, count_written
 from ebmm_rl.baselines.codec import Codec, default_feature_size
 from ebmm_rl.memory import ReadResult
 
@@ -53,12 +53,13 @@ class LSTMState:
     Attributes:
         hidden: ``[B, H]``.
         cell: ``[B, H]``.
-        num_written: patterns written so far per episode.
+        num_written: patterns written so far per episode (an ``int`` for all, a ``[B]`` tensor after masked
+            writes).
     """
 
     hidden: Tensor
     cell: Tensor
-    num_written: int = 0
+    num_written: int | Tensor = 0
 
     @property
     def batch_size(self) -> int:
@@ -92,19 +93,35 @@ class LSTMMemory(BaselineMemory):
         """``2·H`` floats."""
         return 2 * self.config.hidden_size
 
-    def write(self, patterns: Tensor, state: LSTMState | None = None) -> LSTMState:
+    def write(self, patterns: Tensor, state: LSTMState | None = None, pattern_mask: Tensor | None = None) -> LSTMState:
         """Run the LSTM over ``patterns [B, N, D...]`` in order.
+
+        Args:
+            patterns: ``[B, N, D...]``.
+            state: the state to continue (``None``: zeros).
+            pattern_mask: optional ``[B, N]`` bool, False = padding: that step leaves the episode's ``h, c``
+                unchanged (the LSTM then runs one step at a time).
 
         Returns:
             The new :class:`LSTMState` (``h, c: [B, H]``).
         """
         self.check(patterns, "patterns")
-        B = patterns.shape[0]
+        pattern_mask = check_pattern_mask(pattern_mask, patterns)
+        B, N = patterns.shape[:2]
         if state is not None and state.batch_size != B:
             raise ValueError(f"state holds {state.batch_size} episodes but patterns have B={B}; they must match")
         start = None if state is None else (state.hidden.unsqueeze(0), state.cell.unsqueeze(0))  # [1, B, H]
-        _, (h, c) = self.lstm(self.codec.encode(patterns), start)
-        return LSTMState(h.squeeze(0), c.squeeze(0), (0 if state is None else state.num_written) + patterns.shape[1])
+        codes = self.codec.encode(patterns)  # [B, N, F]
+        if pattern_mask is None:
+            _, (h, c) = self.lstm(codes, start)
+        else:
+            h, c = start or (codes.new_zeros(1, B, self.config.hidden_size),) * 2  # [1, B, H]
+            for t in range(N):
+                _, (new_h, new_c) = self.lstm(codes[:, t : t + 1], (h, c))
+                real = pattern_mask[:, t].view(1, B, 1)
+                h, c = torch.where(real, new_h, h), torch.where(real, new_c, c)
+        num_written = count_written(0 if state is None else state.num_written, pattern_mask, N)
+        return LSTMState(h.squeeze(0), c.squeeze(0), num_written)
 
     def read(self, queries: Tensor, state: LSTMState, known_mask: Tensor | None = None) -> ReadResult:
         """``read_steps`` LSTM steps per query from the written state: ``iterates [K + 1, B, M, D...]``.

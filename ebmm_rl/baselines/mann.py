@@ -34,7 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ebmm_rl.baselines.base import BaselineConfig, BaselineMemory, one_step_read
+from ebmm_rl.baselines.base import (
+    BaselineConfig,
+    BaselineMemory,
+    check_pattern_mask,
+    count_written,
+    keep_unmasked,
+    one_step_read,
+)
 from ebmm_rl.baselines.codec import Codec, default_feature_size
 from ebmm_rl.memory import ReadResult
 
@@ -70,13 +77,14 @@ class MANNState:
         memory: ``[B, S, W]`` the memory matrix.
         read_weights: ``[B, S]`` read weights of the last write step.
         usage: ``[B, S]`` usage weights.
-        num_written: patterns written so far per episode.
+        num_written: patterns written so far per episode (an ``int`` for all, a ``[B]`` tensor after masked
+            writes).
     """
 
     memory: Tensor
     read_weights: Tensor
     usage: Tensor
-    num_written: int = 0
+    num_written: int | Tensor = 0
 
     @property
     def batch_size(self) -> int:
@@ -128,13 +136,20 @@ class MANN(BaselineMemory):
         beta = F.softplus(self.strength(h)) + 1.0
         return h, self.key(h), beta, torch.sigmoid(self.gate(h))
 
-    def write(self, patterns: Tensor, state: MANNState | None = None) -> MANNState:
+    def write(self, patterns: Tensor, state: MANNState | None = None, pattern_mask: Tensor | None = None) -> MANNState:
         """Write ``patterns [B, N, D...]`` one at a time with least-recently-used access.
+
+        Args:
+            patterns: ``[B, N, D...]``.
+            state: the memory to continue (``None``: empty).
+            pattern_mask: optional ``[B, N]`` bool, False = padding: that step leaves the episode's memory, read
+                and usage weights unchanged.
 
         Returns:
             The new :class:`MANNState`.
         """
         self.check(patterns, "patterns")
+        pattern_mask = check_pattern_mask(pattern_mask, patterns)
         B, N = patterns.shape[:2]
         s, w = self.config.num_slots, self.config.feature_size
         if state is None:
@@ -148,10 +163,17 @@ class MANN(BaselineMemory):
         for t in range(N):
             least_used = F.one_hot(usage.argmin(dim=-1), s).to(memory.dtype)  # [B, S]
             write_w = gates[:, t] * read_w + (1 - gates[:, t]) * least_used  # [B, S]
-            memory = memory * (1 - least_used).unsqueeze(-1) + write_w.unsqueeze(-1) * keys[:, t].unsqueeze(1)
-            read_w = torch.softmax(betas[:, t] * _cosine(keys[:, t : t + 1], memory).squeeze(1), dim=-1)  # [B, S]
-            usage = decay * usage + read_w + write_w
-        return MANNState(memory, read_w, usage, state.num_written + N)
+            new_memory = memory * (1 - least_used).unsqueeze(-1) + write_w.unsqueeze(-1) * keys[:, t].unsqueeze(1)
+            new_read_w = torch.softmax(betas[:, t] * _cosine(keys[:, t : t + 1], new_memory).squeeze(1), dim=-1)
+            new_usage = decay * usage + new_read_w + write_w  # [B, S]
+            if pattern_mask is None:
+                memory, read_w, usage = new_memory, new_read_w, new_usage
+            else:  # padding leaves the episode's state as it was
+                real = pattern_mask[:, t]  # [B]
+                memory = keep_unmasked(real, new_memory, memory)
+                read_w = keep_unmasked(real, new_read_w, read_w)
+                usage = keep_unmasked(real, new_usage, usage)
+        return MANNState(memory, read_w, usage, count_written(state.num_written, pattern_mask, N))
 
     def read(self, queries: Tensor, state: MANNState, known_mask: Tensor | None = None) -> ReadResult:
         """Content-addressed read of the final memory, then decode: ``iterates [2, B, M, D...]``.

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ebmm_rl.baselines.base import BaselineConfig, BaselineMemory, one_step_read
+from ebmm_rl.baselines.base import BaselineConfig, BaselineMemory, check_pattern_mask, keep_unmasked, one_step_read
 from ebmm_rl.baselines.codec import Codec, default_feature_size
 from ebmm_rl.baselines.slots import SlotState, empty_slots, write_slots
 from ebmm_rl.memory import ReadResult
@@ -84,16 +84,22 @@ class MemoryNetwork(BaselineMemory):
         """``slots × slot_size`` floats."""
         return self.config.num_slots * self.config.feature_size
 
-    def write(self, patterns: Tensor, state: SlotState | None = None) -> SlotState:
+    def write(self, patterns: Tensor, state: SlotState | None = None, pattern_mask: Tensor | None = None) -> SlotState:
         """Store the embeddings of ``patterns [B, N, D...]`` in the next slots (FIFO).
+
+        Args:
+            patterns: ``[B, N, D...]``.
+            state: the slots to continue (``None``: empty).
+            pattern_mask: optional ``[B, N]`` bool, False = padding: not stored, the episode's pointer stays.
 
         Returns:
             The new :class:`SlotState` (``slots [B, S, F]``).
         """
         self.check(patterns, "patterns")
+        pattern_mask = check_pattern_mask(pattern_mask, patterns)
         if state is None:
             state = empty_slots(patterns.shape[0], self.config.num_slots, self.config.feature_size, patterns)
-        return write_slots(state, self.codec.encode(patterns))  # [B, N, F] embeddings
+        return write_slots(state, self.codec.encode(patterns), pattern_mask)  # [B, N, F] embeddings
 
     def read(self, queries: Tensor, state: SlotState, known_mask: Tensor | None = None) -> ReadResult:
         """One attention hop over the filled slots: ``iterates [2, B, M, D...]``.
@@ -105,13 +111,15 @@ class MemoryNetwork(BaselineMemory):
         """
         known_mask, x0 = self.start_read(queries, state.batch_size, known_mask)
         u = self.codec.encode(self.masked(queries, known_mask))  # [B, M, F]
-        if state.num_written == 0:
+        filled = state.filled()  # [B, S]
+        if not filled.any():
             o = torch.zeros_like(u)
         else:
             keys = self.slot_key(state.slots)  # [B, S, F]
             scores = self.query_key(u) @ keys.transpose(1, 2)  # [B, M, S]
             scores = scores * (self.log_beta.exp() / math.sqrt(self.config.feature_size))
-            scores = scores.masked_fill(~state.filled(), float("-inf"))
-            o = torch.softmax(scores, dim=-1) @ state.slots  # [B, M, F]
+            nonempty = filled.any(dim=1)  # [B]; an empty memory reads zero (no slot is masked: no NaN)
+            scores = scores.masked_fill((~filled & nonempty.unsqueeze(1)).unsqueeze(1), float("-inf"))
+            o = keep_unmasked(nonempty, torch.softmax(scores, dim=-1) @ state.slots, torch.zeros_like(u))  # [B, M, F]
         retrieved = self.to_range(self.codec.decode(o + self.query_out(u)))
         return one_step_read(x0, self.project(retrieved, queries, known_mask))

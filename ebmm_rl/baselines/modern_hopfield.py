@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ebmm_rl.baselines.base import BaselineConfig, BaselineMemory
+from ebmm_rl.baselines.base import BaselineConfig, BaselineMemory, check_pattern_mask, keep_unmasked
 from ebmm_rl.baselines.slots import SlotState, empty_slots, write_slots
 from ebmm_rl.memory import ReadResult
 
@@ -79,13 +79,20 @@ class ModernHopfield(BaselineMemory):
         """``capacity × D`` floats."""
         return self.config.num_slots * self.config.dim
 
-    def write(self, patterns: Tensor, state: SlotState | None = None) -> SlotState:
-        """Store ``patterns [B, N, D...]`` (flattened) in the next slots (FIFO)."""
+    def write(self, patterns: Tensor, state: SlotState | None = None, pattern_mask: Tensor | None = None) -> SlotState:
+        """Store ``patterns [B, N, D...]`` (flattened) in the next slots (FIFO).
+
+        Args:
+            patterns: ``[B, N, D...]``.
+            state: the stored patterns to continue (``None``: empty).
+            pattern_mask: optional ``[B, N]`` bool, False = padding: not stored, the episode's pointer stays.
+        """
         self.check(patterns, "patterns")
+        pattern_mask = check_pattern_mask(pattern_mask, patterns)
         B, N = patterns.shape[:2]
         if state is None:
             state = empty_slots(B, self.config.num_slots, self.config.dim, patterns)
-        return write_slots(state, patterns.reshape(B, N, -1))
+        return write_slots(state, patterns.reshape(B, N, -1), pattern_mask)
 
     def read(self, queries: Tensor, state: SlotState, known_mask: Tensor | None = None) -> ReadResult:
         """``read_steps`` updates ``ξ ← Xᵀ softmax(β X ξ)``: ``iterates [K + 1, B, M, D...]``.
@@ -101,14 +108,18 @@ class ModernHopfield(BaselineMemory):
         mid, half = 0.5 * (lo + hi), 0.5 * (hi - lo)
         stored = (state.slots - mid) / half  # [B, S, D] in the ±1 code
         beta = self.log_beta.exp()
+        filled = state.filled()  # [B, S]
+        nonempty = filled.any(dim=1)  # [B]; an empty memory leaves the query as it is
+        blocked = (~filled & nonempty.unsqueeze(1)).unsqueeze(1)  # [B, 1, S]; never a whole row: no NaN
         x, iterates = self.masked(queries, known_mask), [x0]
         for _ in range(self.config.read_steps):
-            if state.num_written == 0:
+            if not nonempty.any():
                 new = x
             else:
                 xi = ((x - mid) / half).reshape(B, M, -1)  # [B, M, D]
-                scores = (beta * xi @ stored.transpose(1, 2)).masked_fill(~state.filled(), float("-inf"))
+                scores = (beta * xi @ stored.transpose(1, 2)).masked_fill(blocked, float("-inf"))
                 new = (mid + half * (torch.softmax(scores, dim=-1) @ stored)).view_as(queries)  # [B, M, D...]
+                new = keep_unmasked(nonempty, new, x)
             x = self.project(new, queries, known_mask)
             iterates.append(x)
         return ReadResult(torch.stack(iterates))

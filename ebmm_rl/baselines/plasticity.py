@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ebmm_rl.baselines.base import BaselineConfig, BaselineMemory
+from ebmm_rl.baselines.base import BaselineConfig, BaselineMemory, check_pattern_mask, count_written, keep_unmasked
 from ebmm_rl.baselines.codec import Codec
 from ebmm_rl.memory import ReadResult
 
@@ -92,12 +92,13 @@ class PlasticityState:
     Attributes:
         hebb: ``[B, n, n]`` symmetric Hebbian trace, zero diagonal.
         activation: ``[B, n]`` activation after the last write step.
-        num_written: patterns written so far per episode.
+        num_written: patterns written so far per episode (an ``int`` for all, a ``[B]`` tensor after masked
+            writes).
     """
 
     hebb: Tensor
     activation: Tensor
-    num_written: int = 0
+    num_written: int | Tensor = 0
 
     @property
     def batch_size(self) -> int:
@@ -143,13 +144,22 @@ class PlasticityMemory(BaselineMemory):
         effective = self.weight + self.alpha * hebb  # [B, n, n]
         return torch.tanh(drive + x @ effective.transpose(1, 2))
 
-    def write(self, patterns: Tensor, state: PlasticityState | None = None) -> PlasticityState:
+    def write(
+        self, patterns: Tensor, state: PlasticityState | None = None, pattern_mask: Tensor | None = None
+    ) -> PlasticityState:
         """Present ``patterns [B, N, D...]`` one after another, updating the Hebbian trace every step.
+
+        Args:
+            patterns: ``[B, N, D...]``.
+            state: the network to continue (``None``: zero trace and activation).
+            pattern_mask: optional ``[B, N]`` bool, False = padding: the pattern is not presented, the episode's
+                trace and activation stay as they were.
 
         Returns:
             The new :class:`PlasticityState`.
         """
         self.check(patterns, "patterns")
+        pattern_mask = check_pattern_mask(pattern_mask, patterns)
         B, N = patterns.shape[:2]
         n = self.config.neurons
         if state is None:
@@ -162,13 +172,17 @@ class PlasticityMemory(BaselineMemory):
         hebb, x = state.hebb, state.activation.unsqueeze(1)  # [B, n, n], [B, 1, n]
         schedule = [1] * self.config.present_steps + [0] * self.config.gap_steps
         for t in range(N):
+            old_hebb, old_x = hebb, x
             for present in schedule:
                 drive = drives[:, t : t + 1] if present else torch.zeros_like(x)
                 new = self._step(x, drive, hebb)  # [B, 1, n]
                 outer = new.transpose(1, 2) @ x  # [B, n, n]: post_i · pre_j
                 hebb = (1 - eta) * hebb + eta * 0.5 * (outer + outer.transpose(1, 2)) * off_diagonal
                 x = new
-        return PlasticityState(hebb, x.squeeze(1), state.num_written + N)
+            if pattern_mask is not None:  # padding leaves the episode's network as it was
+                hebb = keep_unmasked(pattern_mask[:, t], hebb, old_hebb)
+                x = keep_unmasked(pattern_mask[:, t], x, old_x)
+        return PlasticityState(hebb, x.squeeze(1), count_written(state.num_written, pattern_mask, N))
 
     def read(self, queries: Tensor, state: PlasticityState, known_mask: Tensor | None = None) -> ReadResult:
         """Present each query for ``read_steps`` steps with the trace frozen: ``iterates [K + 1, B, M, D...]``.

@@ -1,10 +1,13 @@
 """Stable-Baselines3 integration: the EBMM features extractor and the wrappers it needs (``docs/rl.md``).
 
+:class:`MemoryExtractor` does the same with any baseline memory of :mod:`ebmm_rl.baselines` (``docs/baselines.md``).
+
 The recurrent route for sb3-contrib's ``RecurrentPPO`` lives in :mod:`ebmm_rl.rl.recurrent` (``EBMMRecurrentPolicy``;
 imported from there, so that this package does not need sb3-contrib).
 """
 
 from ebmm_rl.rl.extractor import EBMMExtractor
+from ebmm_rl.rl.memory_extractor import MemoryExtractor
 from ebmm_rl.rl.wrappers import EpisodeMemoryWrapper, MultiBinaryToMultiDiscrete
 
-__all__ = ["EBMMExtractor", "EpisodeMemoryWrapper", "MultiBinaryToMultiDiscrete"]
+__all__ = ["EBMMExtractor", "EpisodeMemoryWrapper", "MemoryExtractor", "MultiBinaryToMultiDiscrete"]

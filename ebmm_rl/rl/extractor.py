@@ -352,16 +352,17 @@ class EBMMExtractor(BaseFeaturesExtractor):
             self._cache_version = version
 
 
-def _check_space(space: spaces.Space) -> None:
+def _check_space(space: spaces.Space, owner: str = "EBMMExtractor") -> None:
+    """Raise ValueError unless ``space`` is ``EpisodeMemoryWrapper``'s; ``owner`` names the extractor in messages."""
     fix = "wrap the environment with ebmm_rl.rl.EpisodeMemoryWrapper (env = EpisodeMemoryWrapper(env))"
     if not isinstance(space, spaces.Dict):
         raise ValueError(
-            f"EBMMExtractor needs a Dict observation space with keys {list(_REQUIRED_KEYS)}, got {space}; {fix} "
+            f"{owner} needs a Dict observation space with keys {list(_REQUIRED_KEYS)}, got {space}; {fix} "
             "and use the 'MultiInputPolicy'"
         )
     missing = [k for k in _REQUIRED_KEYS if k not in space.spaces]
     if missing:
-        raise ValueError(f"EBMMExtractor: the observation space lacks {missing} (it has {list(space.spaces)}); {fix}")
+        raise ValueError(f"{owner}: the observation space lacks {missing} (it has {list(space.spaces)}); {fix}")
     history, length, query = (space[k] for k in _REQUIRED_KEYS)
     if not isinstance(history, spaces.Box) or len(history.shape) != 2:
         raise ValueError(f"'history' must be a Box of shape (max_patterns, D), got {history}; {fix}")
