@@ -10,6 +10,12 @@ over seeds), the chance level (best memoryless policy, exact) and the return of 
     python scripts/rl_results.py --steps 5000 --doc docs/rl_results.md
     python scripts/rl_results.py --envs ebmm/BinaryRecall-Easy-v0 --agents mlp ebmm --seeds 0 --steps 64
 
+The agent ``ebmm-meta`` is ``ebmm`` whose memory starts from a checkpoint of ``scripts/meta_train_env.py`` for that
+env (``--meta-dir``/``env__<Family>-<Level>-v0__0/best.pt``, meta-trained on the env's own episodes) and stays frozen
+(only the policy learns)::
+
+    python scripts/rl_results.py --agents mlp ebmm-meta --meta-dir /work/runs_rl2/meta --steps 30000
+
 ``--doc`` replaces the block between ``<!-- rl_results:begin -->`` and ``<!-- rl_results:end -->`` of that file
 (appending one if there is none); ``--out`` always receives the table alone.
 """
@@ -63,6 +69,8 @@ class Args:
     """folder of the per-run JSON results (keep it outside the repository)"""
     out: str | None = None
     """file to write the markdown table to (default: ``out_dir/table.md``)"""
+    meta_dir: str = "runs"
+    """folder of scripts/meta_train_env.py runs, for the agent ebmm-meta"""
     doc: str | None = None
     """markdown file whose generated block (between the rl_results markers) receives the table"""
     threads: int = 1
@@ -76,10 +84,35 @@ def result_path(out_dir: str | Path, env_id: str, agent: str, seed: int, steps: 
     return Path(out_dir) / f"{env_id.replace('/', '-')}__{agent}__{seed}__{steps}.json"
 
 
-def run_one(env_id: str, agent: str, seed: int, steps: int, eval_episodes: int) -> dict[str, Any]:
+META_AGENT = "ebmm-meta"
+"""``ebmm`` with a frozen memory meta-trained on the env (``scripts/meta_train_env.py``)."""
+
+
+def meta_checkpoint(meta_dir: str | Path, env_id: str) -> Path:
+    """The ``best.pt`` of ``scripts/meta_train_env.py --env env_id`` (seed 0) under ``meta_dir``."""
+    return Path(meta_dir) / f"env__{env_id.split('/')[-1]}__0" / "best.pt"
+
+
+def agent_args(env_id: str, agent: str, meta_dir: str | Path = "runs") -> dict[str, Any]:
+    """``agents.train.Args`` fields of ``agent``: a ``--memory`` choice, or :data:`META_AGENT`."""
+    if agent != META_AGENT:
+        memory_kind(agent)
+        return dict(memory=agent)
+    checkpoint = meta_checkpoint(meta_dir, env_id)
+    if not checkpoint.exists():
+        raise FileNotFoundError(
+            f"{agent} needs {checkpoint}: run python scripts/meta_train_env.py --env {env_id} "
+            f"--run-root {meta_dir}, or pass --meta-dir"
+        )
+    return dict(memory="ebmm", memory_checkpoint=str(checkpoint), freeze_memory=True)
+
+
+def run_one(
+    env_id: str, agent: str, seed: int, steps: int, eval_episodes: int, meta_dir: str | Path = "runs"
+) -> dict[str, Any]:
     """Train one agent (``agents.train`` defaults) and evaluate it; returns the JSON-able result."""
-    train_args = replace(TrainArgs(), env=env_id, memory=agent, seed=seed, total_timesteps=steps, eval_freq=0)
-    memory_kind(agent)
+    fields = agent_args(env_id, agent, meta_dir)
+    train_args = replace(TrainArgs(), env=env_id, seed=seed, total_timesteps=steps, eval_freq=0, **fields)
     env = make_env(train_args)
     model = build_model(train_args, env)
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -183,8 +216,9 @@ def write_doc(path: str | Path, block: str) -> None:
 def main(args: Args) -> str:
     """Run the missing (env, agent, seed) runs, then write and print the table."""
     torch.set_num_threads(args.threads)
-    for agent in args.agents:
-        memory_kind(agent)  # fail before training anything
+    for env_id in args.envs:
+        for agent in args.agents:
+            agent_args(env_id, agent, args.meta_dir)  # fail before training anything
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(e, a, s) for s in args.seeds for e in args.envs for a in args.agents]  # seed by seed: early full rows
@@ -196,7 +230,7 @@ def main(args: Args) -> str:
             results.append(json.loads(path.read_text()))
             continue
         bar.set_postfix_str(f"{env_id.removeprefix('ebmm/')} {agent} seed {seed}")
-        result = run_one(env_id, agent, seed, args.steps, args.eval_episodes)
+        result = run_one(env_id, agent, seed, args.steps, args.eval_episodes, args.meta_dir)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=1))
         os.replace(tmp, path)  # atomic: a killed sweep never leaves a half-written result

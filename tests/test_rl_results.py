@@ -49,3 +49,29 @@ def test_sweep_writes_the_table_and_resumes(tmp_path):
     assert "| BinaryRecall-Easy-v0 |" in table and "0.750 | 1.000 |" in table  # chance and oracle
     again = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "seed 0: return" not in again.stdout  # nothing re-trained
+
+
+def test_meta_agent_uses_a_frozen_env_checkpoint(tmp_path):
+    import torch
+
+    from ebmm_rl.checkpoint import save_memory
+    from ebmm_rl.energy.mlp import MLPConfig, MLPEnergy
+    from ebmm_rl.memory import EBMMConfig, EBMMemory
+
+    env_id = "ebmm/BinaryRecall-Easy-v0"
+    with pytest.raises(FileNotFoundError, match="meta_train_env.py --env ebmm/BinaryRecall-Easy-v0"):
+        rl_results.agent_args(env_id, rl_results.META_AGENT, tmp_path)
+    torch.manual_seed(0)
+    memory = EBMMemory(
+        MLPEnergy(MLPConfig(input_size=8, hidden_size=8, dynamic_size=4)),
+        EBMMConfig(read_steps=2, data_range=(-1.0, 1.0)),
+    )
+    checkpoint = rl_results.meta_checkpoint(tmp_path, env_id)
+    checkpoint.parent.mkdir(parents=True)
+    save_memory(memory, checkpoint)
+    fields = rl_results.agent_args(env_id, rl_results.META_AGENT, tmp_path)
+    assert fields == dict(memory="ebmm", memory_checkpoint=str(checkpoint), freeze_memory=True)
+    assert rl_results.agent_args(env_id, "mlp") == dict(memory="mlp")
+    result = rl_results.run_one(env_id, rl_results.META_AGENT, 0, 64, 2, meta_dir=tmp_path)
+    assert result["agent"] == "ebmm-meta" and result["train_args"]["freeze_memory"]
+    assert result["steps"] >= 64 and len(result["returns"]) == 2
