@@ -69,6 +69,15 @@ class Args:
     """folder of the per-run JSON results (keep it outside the repository)"""
     out: str | None = None
     """file to write the markdown table to (default: ``out_dir/table.md``)"""
+    learning_rate: float | None = None
+    """Adam learning rate of every agent (default: agents.train's, 3e-4)"""
+    gamma: float | None = None
+    """discount of every agent (default: agents.train's, 0.99; 0 fits these probes, whose actions only matter at
+    the scored step)"""
+    n_epochs: int | None = None
+    """PPO epochs per rollout of every agent (default: agents.train's, 4)"""
+    net_arch: tuple[int, ...] | None = None
+    """policy/value MLP of every agent (default: agents.train's, 64 64; give --net-arch alone for linear heads)"""
     meta_dir: str = "runs"
     """folder of scripts/meta_train_env.py runs, for the agent ebmm-meta"""
     doc: str | None = None
@@ -108,10 +117,16 @@ def agent_args(env_id: str, agent: str, meta_dir: str | Path = "runs") -> dict[s
 
 
 def run_one(
-    env_id: str, agent: str, seed: int, steps: int, eval_episodes: int, meta_dir: str | Path = "runs"
+    env_id: str,
+    agent: str,
+    seed: int,
+    steps: int,
+    eval_episodes: int,
+    meta_dir: str | Path = "runs",
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train one agent (``agents.train`` defaults) and evaluate it; returns the JSON-able result."""
-    fields = agent_args(env_id, agent, meta_dir)
+    """Train one agent (``agents.train`` defaults, then ``overrides``) and evaluate it; returns the JSON-able result."""
+    fields = {**agent_args(env_id, agent, meta_dir), **(overrides or {})}
     train_args = replace(TrainArgs(), env=env_id, seed=seed, total_timesteps=steps, eval_freq=0, **fields)
     env = make_env(train_args)
     model = build_model(train_args, env)
@@ -221,16 +236,25 @@ def main(args: Args) -> str:
             agent_args(env_id, agent, args.meta_dir)  # fail before training anything
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    overrides = {
+        k: v for k in ("learning_rate", "gamma", "n_epochs", "net_arch") if (v := getattr(args, k)) is not None
+    }
     jobs = [(e, a, s) for s in args.seeds for e in args.envs for a in args.agents]  # seed by seed: early full rows
     results = []
     bar = tqdm(jobs, desc="runs", unit="run", disable=not args.progress)
     for env_id, agent, seed in bar:
         path = result_path(out_dir, env_id, agent, seed, args.steps)
         if path.exists():
-            results.append(json.loads(path.read_text()))
+            result = json.loads(path.read_text())
+            stored = {k: result["train_args"][k] for k in overrides}
+            if stored != {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()}:
+                raise SystemExit(
+                    f"{path} was trained with {stored}, not {overrides}: use another --out-dir for other settings"
+                )
+            results.append(result)
             continue
         bar.set_postfix_str(f"{env_id.removeprefix('ebmm/')} {agent} seed {seed}")
-        result = run_one(env_id, agent, seed, args.steps, args.eval_episodes, args.meta_dir)
+        result = run_one(env_id, agent, seed, args.steps, args.eval_episodes, args.meta_dir, overrides)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=1))
         os.replace(tmp, path)  # atomic: a killed sweep never leaves a half-written result
@@ -242,11 +266,12 @@ def main(args: Args) -> str:
     cpu_minutes = sum(r.get("cpu_seconds", math.nan) for r in results) / 60
     table = format_table(results, list(args.envs), list(args.agents), args.eval_episodes, len(args.seeds))
     done_steps = "/".join(f"{n:,}" for n in sorted({int(r["steps"]) for r in results}))  # learn() rounds up
+    settings = "".join(f", --{k.replace('_', '-')} {v}" for k, v in overrides.items())
     note = (
         f"{done_steps} env steps per run (--steps {args.steps}), seeds {', '.join(map(str, args.seeds))}, "
         f"{args.eval_episodes} deterministic evaluation episodes per run; mean return over seeds ± 95% CI "
-        f"(Student t). Training and evaluation took {cpu_minutes:.0f} CPU min ({wall_minutes:.0f} min wall) in "
-        f"total ({args.threads} torch thread, {platform.machine()}, torch {torch.__version__})."
+        f"(Student t){settings}. Training and evaluation took {cpu_minutes:.0f} CPU min ({wall_minutes:.0f} min "
+        f"wall) in total ({args.threads} torch thread, {platform.machine()}, torch {torch.__version__})."
     )
     block = f"{table}\n\n{note}"
     out = Path(args.out) if args.out else out_dir / "table.md"

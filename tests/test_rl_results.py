@@ -72,6 +72,8 @@ def test_meta_agent_uses_a_frozen_env_checkpoint(tmp_path):
     fields = rl_results.agent_args(env_id, rl_results.META_AGENT, tmp_path)
     assert fields == dict(memory="ebmm", memory_checkpoint=str(checkpoint), freeze_memory=True)
     assert rl_results.agent_args(env_id, "mlp") == dict(memory="mlp")
-    result = rl_results.run_one(env_id, rl_results.META_AGENT, 0, 64, 2, meta_dir=tmp_path)
+    overrides = dict(gamma=0.0, net_arch=(), n_epochs=2)
+    result = rl_results.run_one(env_id, rl_results.META_AGENT, 0, 64, 2, meta_dir=tmp_path, overrides=overrides)
     assert result["agent"] == "ebmm-meta" and result["train_args"]["freeze_memory"]
+    assert result["train_args"]["gamma"] == 0.0 and list(result["train_args"]["net_arch"]) == []
     assert result["steps"] >= 64 and len(result["returns"]) == 2
