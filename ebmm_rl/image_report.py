@@ -1,7 +1,8 @@
 """Tables and PNG plots of the image memory benchmarks (Figs 3, 5, 6, 9, 10, Tables 2, 3), with the paper's numbers.
 
 * :data:`PAPER_POINTS`: the retrieval errors the paper prints as numbers (Table 3: EBMM on Omniglot batches of 32
-  images at 4K and 5K memory; Table 2: the memory-free denoising auto-encoder). Its figures give no numbers.
+  images at 4K and 5K memory; Table 2: the memory-free denoising auto-encoder and VAE under block and
+  salt-and-pepper noise). Its figures give no numbers.
 * :func:`markdown_table`: a GitHub table from rows of values.
 * :func:`plot_errors`: error against a setting (memory size, noise level) with a 5–95 percentile band and the
   paper's points as labelled markers or lines.
@@ -45,6 +46,8 @@ class PaperPoint:
         memory_size: memory size in floats, or ``None`` for a model without memory (a horizontal line in plots).
         num_patterns: images written per episode, ``N``, or ``None`` when it does not apply.
         source: where in the paper.
+        noise: the query distortion it was measured under (:func:`ebmm_rl.image_eval.query_distortion` at its
+            default size: ``"block"``, a random block of half the image side, or ``"salt_pepper"``, 15 %).
     """
 
     dataset: str
@@ -53,6 +56,7 @@ class PaperPoint:
     memory_size: int | None
     num_patterns: int | None
     source: str
+    noise: str = "block"
 
 
 PAPER_POINTS = (
@@ -63,26 +67,36 @@ PAPER_POINTS = (
     PaperPoint("omniglot", "paper DAE (no memory)", 36.08, None, None, "Table 2"),
     PaperPoint("cifar10", "paper DAE (no memory)", 24.66, None, None, "Table 2"),
     PaperPoint("imagenet64", "paper DAE (no memory)", 141.07, None, None, "Table 2"),
+    PaperPoint("omniglot", "paper VAE (no memory)", 109.08, None, None, "Table 2"),
+    PaperPoint("cifar10", "paper VAE (no memory)", 544.72, None, None, "Table 2"),
+    PaperPoint("omniglot", "paper DAE (no memory)", 9.57, None, None, "Table 2", "salt_pepper"),
+    PaperPoint("cifar10", "paper DAE (no memory)", 8.82, None, None, "Table 2", "salt_pepper"),
+    PaperPoint("omniglot", "paper VAE (no memory)", 84.08, None, None, "Table 2", "salt_pepper"),
+    PaperPoint("cifar10", "paper VAE (no memory)", 430.33, None, None, "Table 2", "salt_pepper"),
 )
-"""The paper's numeric errors under its main distortion (a random block of a quarter of the image).
+"""The paper's numeric errors, under its main distortion (a random block of a quarter of the image) unless
+``noise`` says otherwise (Table 2's 15 % salt-and-pepper rows).
 
 Table 3 used the lower-conv model of App. C.5 (memory in the second residual block); Table 2's DAE has a
 256-unit bottleneck and no memory. Figs 3 and 5 are plots without printed values.
 """
 
 
-def paper_points(dataset: str, num_patterns: int | None = None, batches: str | None = None) -> list[PaperPoint]:
-    """The :data:`PAPER_POINTS` of ``dataset``.
+def paper_points(
+    dataset: str, num_patterns: int | None = None, batches: str | None = None, noise: str = "block"
+) -> list[PaperPoint]:
+    """The :data:`PAPER_POINTS` of ``dataset`` under ``noise``.
 
     Args:
         dataset: data set name.
         num_patterns: keep memory points measured at this ``N`` only (memory-free points are always kept).
         batches: ``"uniform"`` or ``"2-class"`` keeps only Table 3's row of that batch kind; ``None`` keeps both.
+        noise: the query distortion (``"block"``, ``"salt_pepper"``; others have no paper points).
 
     Returns:
         The matching points, in :data:`PAPER_POINTS` order.
     """
-    points = [p for p in PAPER_POINTS if p.dataset == dataset]
+    points = [p for p in PAPER_POINTS if p.dataset == dataset and p.noise == noise]
     if num_patterns is not None:
         points = [p for p in points if p.num_patterns in (None, num_patterns)]
     if batches is not None:
@@ -147,7 +161,8 @@ def plot_errors(
     """Error against a setting: the mean as a line with a shaded 5–95 percentile band (Figs 3, 5, 9).
 
     Args:
-        x: ``[S]`` settings (memory sizes, block sizes, noise probabilities).
+        x: ``[S]`` settings (memory sizes, block sizes, noise probabilities); empty when ``references`` alone
+            are drawn (e.g. only memory-free models, as horizontal lines).
         summaries: ``[S]`` ``{"mean", "p5", "p95"}`` (:func:`ebmm_rl.image_eval.summarize_batches`).
         path: the PNG to write (folders are created).
         xlabel: x-axis label.
@@ -155,17 +170,18 @@ def plot_errors(
         title: plot title.
         label: legend entry of the line, or ``[S]`` entries, one per setting: settings with the same entry form
             one line (e.g. models trained for different numbers of steps).
-        references: paper points: those with a memory size as labelled markers at that size, the others as
-            labelled horizontal dashed lines.
+        references: paper (or measured memory-free) points: those with a memory size as labelled markers at
+            that size, the others as labelled horizontal dashed lines.
         marker_x: draw a dotted vertical line here (e.g. the noise level the model was trained with).
         log_x: logarithmic x axis.
 
     Returns:
         ``path``.
     """
-    if len(x) != len(summaries) or not x:
+    if len(x) != len(summaries) or not (x or references):
         raise ValueError(
-            f"plot_errors needs one summary per setting and at least one; got {len(x)} and {len(summaries)}"
+            f"plot_errors needs one summary per setting and at least one setting or reference; got {len(x)} "
+            f"settings, {len(summaries)} summaries and {len(references)} references"
         )
     labels = [label] * len(x) if isinstance(label, str) else list(label)
     if len(labels) != len(x):
@@ -196,7 +212,8 @@ def plot_errors(
             )
         for p in group:
             if p.memory_size is None:
-                ax.axhline(p.value, linestyle="--", color=f"C{i + 1}", label=f"{name} ({p.source})")
+                style = "-." if p.source == "measured" else "--"
+                ax.axhline(p.value, linestyle=style, color=f"C{i + 1}", label=f"{name} ({p.source})")
     if marker_x is not None:
         ax.axvline(marker_x, linestyle=":", color="gray", label="trained with")
     if log_x:

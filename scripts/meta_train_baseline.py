@@ -29,7 +29,7 @@ import tyro
 from ebmm_rl.binary import TABLE1_NUM_PATTERNS
 from ebmm_rl.binary_training import binary_evaluator, binary_sampler
 from ebmm_rl.distortions import make_sampler
-from ebmm_rl.image_eval import episode_errors, metric_name, query_distortion
+from ebmm_rl.image_eval import NOISES, episode_errors, metric_name, query_distortion
 from ebmm_rl.protocol import HOPFIELD_BUDGET, MEMORIES, build_memory
 from ebmm_rl.training import MetaTrainer, TrainConfig
 
@@ -48,6 +48,9 @@ class Args:
     """binary (random ±1 patterns, App. A.2) or an image data set: omniglot, cifar10, mnist, imagenet64"""
     noise: str = "block"
     """image query distortion (block, erase, salt_pepper, dropout, gaussian; block is the paper's)"""
+    noise_size: float | None = None
+    """block side in pixels (default: half the image side), or salt_pepper/dropout probability (default 0.15),
+    gaussian std"""
     data_dir: str | None = None
     """folder holding the image data sets (default: $EBMM_DATA_DIR)"""
     dim: int = 128
@@ -72,7 +75,8 @@ class Args:
     eval_patterns: list[int] = field(default_factory=lambda: [32, 64, 96])
     """N of the periodic evaluations (their mean picks best.pt)"""
     eval_batches: int = 4
-    """random batches of each periodic evaluation"""
+    """random batches of each periodic evaluation (0: no evaluation, the last step's loss is printed; saves the
+    end-of-run evaluation of slow readers such as the VAE's 50 latent steps)"""
     eval_every: int = 200
     """steps between evaluations (0: only at the end)"""
     checkpoint_every: int = 100
@@ -117,8 +121,14 @@ def image_task(args: Args):
     train, test = (load_data(args.data_dir, args.dataset, split) for split in ("train", "test"))
     overrides = {"data_shape": train.data_shape, "data_range": (0.0, 1.0), **parse_overrides(args.set)}
     memory = build_memory(args.model, budget=args.budget, **overrides)
-    train_sampler = make_sampler(train, query_distortion(train, args.noise), args.batch_size, n, None, args.device)
-    test_sampler = make_sampler(test, query_distortion(test, args.noise), args.batch_size, n, None, args.device)
+    if args.noise not in NOISES:
+        raise SystemExit(f"--noise {args.noise!r} is not a query distortion; choose one of {list(NOISES)}")
+    try:
+        distortions = [query_distortion(split, args.noise, args.noise_size) for split in (train, test)]
+    except ValueError as err:
+        raise SystemExit(f"--noise {args.noise} --noise-size {args.noise_size}: {err}") from None
+    train_sampler = make_sampler(train, distortions[0], args.batch_size, n, None, args.device)
+    test_sampler = make_sampler(test, distortions[1], args.batch_size, n, None, args.device)
     metric = metric_name(test.binary)
 
     def evaluate(memory) -> dict[str, float]:
@@ -172,7 +182,7 @@ def main(args: Args) -> None:
         ),
         run_dir=run_dir,
         hparams=hparams,
-        evaluate=evaluator,
+        evaluate=evaluator if args.eval_batches else None,
     )
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     result = trainer.train(resume=args.resume)

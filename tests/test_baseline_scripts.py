@@ -73,3 +73,12 @@ def test_meta_train_baseline_on_images(tmp_path, monkeypatch, capsys):
     assert spec["model"] == "DenoisingAutoencoder" and tuple(spec["model_config"]["data_shape"]) == (1, 16, 16)
     with pytest.raises(SystemExit, match="one --num-patterns"):
         meta_train_baseline.main(dataclasses.replace(args, num_patterns=[3, 4]))
+    # other distortions reach the image task, their size too, and are recorded for eval_distortion_rate.py
+    salt = dataclasses.replace(args, noise="salt_pepper", noise_size=0.3, run_dir=str(tmp_path / "salt"))
+    meta_train_baseline.main(salt)
+    hparams = torch.load(tmp_path / "salt" / "checkpoint.pt", weights_only=True)["hparams"]
+    assert (hparams["noise"], hparams["noise_size"]) == ("salt_pepper", 0.3)
+    with pytest.raises(SystemExit, match="not a query distortion"):
+        meta_train_baseline.main(dataclasses.replace(args, noise="blur"))
+    with pytest.raises(SystemExit, match="positive integer"):
+        meta_train_baseline.main(dataclasses.replace(args, noise_size=2.5))

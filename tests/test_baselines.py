@@ -90,6 +90,13 @@ def test_vae_read_returns_clamped_modes_of_the_likelihood():
     torch.testing.assert_close(result.retrieved[known], queries[known])
 
 
+def test_vae_training_step_reads_one_step_and_evaluation_all():
+    memory = VariationalAutoencoder(VAEConfig(data_shape=(16,), latent_size=4, hidden_size=8, read_steps=3))
+    patterns, queries, known = episode(2, 3, dim=16)
+    assert memory.train()(patterns, queries, known).read.iterates.shape[0] == 2  # the ELBO needs no read
+    assert memory.eval()(patterns, queries, known).read.iterates.shape[0] == 4
+
+
 @pytest.mark.parametrize("name", [n for n, e in MEMORIES.items() if e.kind not in ("hopfield", "ebmm")])
 def test_baselines_use_the_resnet_codec_on_images(name):
     torch.manual_seed(0)

@@ -23,6 +23,7 @@ from ebmm_rl.energy import ResNetConvConfig, ResNetConvEnergy
 from ebmm_rl.image_eval import episode_errors, familiarity_auroc, noise_images
 from ebmm_rl.image_report import markdown_table, paper_points, plot_energy_histograms, plot_errors, save_png
 from ebmm_rl.memory import EBMMConfig, EBMMemory
+from ebmm_rl.protocol import build_memory as build_registered
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
@@ -134,6 +135,59 @@ def test_distortion_rate_evaluates_checkpoints_trains_sizes_and_writes_table_and
     capsys.readouterr()
     again = rate.main(rate.tyro.cli(rate.Args, args=[a for a in argv if a != str(checkpoint) and a != "--checkpoints"]))
     assert "reusing" in capsys.readouterr().out and again[0]["scores"] == rows[1]["scores"]
+
+
+def baseline_checkpoint(path: Path, name: str, budget: int, hparams: dict, **config) -> Path:
+    """An untrained tiny baseline saved as scripts/meta_train_baseline.py saves one."""
+    torch.manual_seed(0)
+    memory = build_registered(name, budget=budget, data_shape=(1, 32, 32), data_range=(0.0, 1.0), **config)
+    save_atomic({"memory_spec": memory_spec(memory), "model": memory.state_dict(), "step": 3, "hparams": hparams}, path)
+    return path
+
+
+def test_distortion_rate_mixes_ebmm_baseline_checkpoints_and_untrained_memories(
+    scripts, data_dir, checkpoint, tmp_path
+):
+    rate, _ = scripts
+    hparams = {"dataset": "omniglot", "num_patterns": 4, "noise": "block", "time_limit_min": 3.0}
+    memnet = baseline_checkpoint(tmp_path / "memnet" / "checkpoint.pt", "memnet", 64, hparams, channels=2, slot_size=8)
+    dae = baseline_checkpoint(tmp_path / "dae" / "checkpoint.pt", "dae", 1, hparams, channels=2, bottleneck=8)
+    out = tmp_path / "rate"
+    argv = [*FAST, "--data-dir", str(data_dir), "--out-dir", str(out)]
+    argv += ["--checkpoints", str(checkpoint), str(memnet), str(dae), "--memories", "modern_hopfield:budget=2048"]
+    rows = rate.main(rate.tyro.cli(rate.Args, args=argv))
+    assert [(r["model"], r["memory_size"], r["training"]) for r in rows] == [
+        ("denoising auto-encoder", 0, "3 CPU-min"),
+        ("Memory Networks", 64, "3 CPU-min"),
+        ("EBMM (ResNetConvEnergy)", tiny_memory().memory_size, "2 meta-steps"),
+        ("modern Hopfield", 2048, "untrained"),
+    ]
+    assert all(len(r["scores"]) == 3 and r["p5"] <= r["mean"] <= r["p95"] for r in rows)
+    table = (out / "distortion_rate.md").read_text()
+    assert "| Memory Networks: memnet/checkpoint.pt | 64 | 3 |" in table
+    assert "| modern Hopfield: modern_hopfield:budget=2048 | 2048 | – |" in table
+    assert "paper VAE (no memory) (Table 2) | – | – | 109.08" in table and "9.57" not in table
+    assert is_png(out / "distortion_rate.png")
+    # memory-free models alone (Table 2): salt-and-pepper rows of the paper, a plot of horizontal lines
+    argv = [*FAST, "--data-dir", str(data_dir), "--out-dir", str(out), "--noise", "salt_pepper"]
+    rows = rate.main(rate.tyro.cli(rate.Args, args=[*argv, "--checkpoints", str(dae)]))
+    assert [r["model"] for r in rows] == ["denoising auto-encoder"]
+    table = (out / "distortion_rate.md").read_text()
+    assert "paper DAE (no memory) (Table 2) | – | – | 9.57" in table and "36.08" not in table
+    assert "84.08" in table and is_png(out / "distortion_rate.png")
+    rows = rate.main(rate.tyro.cli(rate.Args, args=[*argv, "--noise-size", "0.3", "--checkpoints", str(dae)]))
+    assert "paper" not in (out / "distortion_rate.md").read_text()  # other noise level: no paper rows
+    # reading settings of a baseline checkpoint can be changed at evaluation (a VAE trained with read_steps=1)
+    memory, _ = rate.open_memory(dae, "cpu", {"read_steps": 2})
+    assert memory.config.read_steps == 2 and memory.config.bottleneck == 8
+    with pytest.raises(SystemExit, match="no config field"):
+        rate.open_memory(dae, "cpu", {"steps": 2})
+    with pytest.raises(SystemExit, match="baseline checkpoints only"):
+        rate.main(rate.tyro.cli(rate.Args, args=[*argv, "--checkpoints", str(checkpoint), "--config-overrides", "a=1"]))
+    with pytest.raises(SystemExit, match="not an untrained memory.*modern_hopfield"):
+        rate.main(rate.tyro.cli(rate.Args, args=[*argv, "--memories", "memnet"]))
+    with pytest.raises(SystemExit, match="holds no pattern"):
+        rate.main(rate.tyro.cli(rate.Args, args=[*argv, "--memories", "modern_hopfield:budget=100"]))
 
 
 def test_distortion_rate_table_shows_table_3_at_32_patterns(scripts, data_dir, checkpoint, tmp_path):
