@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
+from rl_helpers import as_batch, collect
 from stable_baselines3 import A2C, PPO
-from stable_baselines3.common.preprocessing import preprocess_obs
-from stable_baselines3.common.utils import obs_as_tensor
 
 import envs  # noqa: F401  (registers the ids)
 from ebmm_rl import EBMMExtractor, EpisodeMemoryWrapper, MultiBinaryToMultiDiscrete
@@ -38,25 +37,6 @@ def _one_thread():
 def make_env(env_id: str = "ebmm/BinaryRecall-Easy-v0", **kwargs) -> EpisodeMemoryWrapper:
     write_phases = (0, 1) if "Familiarity" in env_id else (0,)
     return EpisodeMemoryWrapper(gym.make(env_id, **kwargs), write_phases=write_phases)
-
-
-def collect(env: gym.Env, steps: int, seed: int = 0) -> list[dict]:
-    """Observations of ``steps`` steps of random play (resets included)."""
-    env.action_space.seed(seed)
-    obs, _ = env.reset(seed=seed)
-    out = [obs]
-    for _ in range(steps - 1):
-        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
-        if terminated or truncated:
-            obs, _ = env.reset()
-        out.append(obs)
-    return out
-
-
-def as_batch(observations: list[dict], space: spaces.Dict) -> dict[str, torch.Tensor]:
-    """Stack observations and preprocess them as SB3's policy does."""
-    batch = {k: np.stack([np.asarray(o[k]) for o in observations]) for k in space.spaces}
-    return preprocess_obs(obs_as_tensor(batch, torch.device("cpu")), space)  # type: ignore[return-value]
 
 
 def extractor(env: gym.Env, **kwargs) -> EBMMExtractor:
