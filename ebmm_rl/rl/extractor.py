@@ -212,10 +212,7 @@ class EBMMExtractor(BaseFeaturesExtractor):
         if self.use_phase:
             features.append(obs["phase"].reshape(query.shape[0], -1))  # [B, 3] one-hot
         if self.similarities:
-            lo, hi = self.memory.config.data_range
-            sim = -(retrieved.unsqueeze(1) - history).pow(2).mean(dim=2)  # [B, L]
-            valid = torch.arange(self.max_patterns, device=history.device) < lengths.unsqueeze(1)  # [B, L]
-            features.append(torch.where(valid, sim, torch.full_like(sim, -((hi - lo) ** 2))))
+            features.append(similarity_features(retrieved, history, lengths, self.memory.config.data_range))
         return torch.cat(features, dim=1)
 
     def write(self, history: Tensor, lengths: Tensor, create_graph: bool | None = None) -> MemoryState:
@@ -370,6 +367,24 @@ def _check_space(space: spaces.Space, owner: str = "EBMMExtractor") -> None:
         raise ValueError(f"'query' must be a Box of shape {history.shape[1:]}, got {query}; {fix}")
     if not isinstance(length, spaces.Discrete | spaces.Box):
         raise ValueError(f"'history_len' must be Discrete(max_patterns + 1), got {length}; {fix}")
+
+
+def similarity_features(retrieved: Tensor, history: Tensor, lengths: Tensor, data_range: tuple[float, float]) -> Tensor:
+    """Which stored row was recalled: the negative mean squared distance of the retrieved pattern to each row.
+
+    Args:
+        retrieved: ``[B, D]`` retrieved patterns.
+        history: ``[B, L, D]`` stored rows, padded.
+        lengths: ``[B]`` valid rows of each history; padding rows get the lowest possible value.
+        data_range: ``(lo, hi)`` of the patterns.
+
+    Returns:
+        ``[B, L]``.
+    """
+    lo, hi = data_range
+    sim = -(retrieved.unsqueeze(1) - history).pow(2).mean(dim=2)  # [B, L]
+    valid = torch.arange(history.shape[1], device=history.device) < lengths.unsqueeze(1)  # [B, L]
+    return torch.where(valid, sim, torch.full_like(sim, -((hi - lo) ** 2)))
 
 
 def _lengths(encoded: Tensor, max_patterns: int) -> Tensor:

@@ -30,7 +30,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import Tensor, nn
 
 from ebmm_rl.protocol import MEMORIES, build_memory
-from ebmm_rl.rl.extractor import _check_space, _dummy_observation, _lengths
+from ebmm_rl.rl.extractor import _check_space, _dummy_observation, _lengths, similarity_features
 
 __all__ = ["DEFAULT_RL_BUDGETS", "DEFAULT_RL_MEMORY_KWARGS", "MAX_RL_NEURONS", "MemoryExtractor", "default_budget"]
 
@@ -214,10 +214,7 @@ class MemoryExtractor(BaseFeaturesExtractor):
         if self.use_phase:
             features.append(obs["phase"].reshape(query.shape[0], -1))  # [B, 3] one-hot
         if self.similarities:
-            lo, hi = self.data_range
-            sim = -(retrieved.unsqueeze(1) - history).pow(2).mean(dim=2)  # [B, L]
-            valid = torch.arange(self.max_patterns, device=history.device) < lengths.unsqueeze(1)  # [B, L]
-            features.append(torch.where(valid, sim, torch.full_like(sim, -((hi - lo) ** 2))))
+            features.append(similarity_features(retrieved, history, lengths, self.data_range))
         return torch.cat(features, dim=1)
 
     def write(self, history: Tensor, lengths: Tensor) -> Any:
