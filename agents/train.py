@@ -86,7 +86,11 @@ class Args:
     total_timesteps: int = 100_000
     """environment steps in total (over all parallel envs)"""
     n_envs: int = 1
-    """parallel environments (SubprocVecEnv when > 1)"""
+    """parallel environments (SubprocVecEnv when > 1, unless --vec-env dummy)"""
+    vec_env: Literal["auto", "dummy", "subproc"] = "auto"
+    """how the n_envs environments run: ``subproc`` (one worker process each), ``dummy`` (in this process, one
+    after another: best when the env is cheap and the policy is not, e.g. a memory extractor, which then writes
+    and reads all envs' memories in one batch), ``auto`` (subproc when n_envs > 1)"""
     seed: int = 0
     """seed of the agent and the environments"""
     memory_checkpoint: str | None = None
@@ -115,6 +119,11 @@ class Args:
     similarities: bool | None = None
     """add the retrieved pattern's similarity to each stored one to the features (default: only for ImageRecall,
     whose answer is a position)"""
+    features: tuple[str, ...] | None = None
+    """feature parts of a memory extractor, in order (``ebmm_rl.rl.FEATURE_PARTS``: retrieved, energies, query,
+    phase, similarities; baselines have no energies). Default: the extractor's (every part but similarities),
+    except on ImageRecall: similarities, energies (EBMM only) and phase, because its answer is a position and a
+    linear head learns it far faster without the hundreds of pixels of the retrieved and query images"""
     frame_stack: int = 0
     """observations stacked by ``--memory frame-stack`` (0: the episode length, so the whole episode is visible)"""
     lstm_hidden_size: int = 64
@@ -166,11 +175,20 @@ def _wrap_lstm(env: gym.Env, write_queries: bool, frame_stack: int) -> gym.Env:
     return env
 
 
+def _feature_kwargs(args: Args, energies: bool) -> dict[str, Any]:
+    """``similarities`` and ``features`` of a memory extractor (see ``Args.features``)."""
+    if args.features is not None:
+        return dict(similarities=bool(args.similarities), features=args.features)
+    if "ImageRecall" in args.env and args.similarities is not False:
+        return dict(
+            similarities=True, features=("similarities", "energies", "phase") if energies else ("similarities", "phase")
+        )
+    return dict(similarities=bool(args.similarities))
+
+
 def _ebmm_extractor_kwargs(args: Args) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(
-        chunk_size=args.chunk_size,
-        freeze_memory=args.freeze_memory,
-        similarities=args.similarities if args.similarities is not None else "ImageRecall" in args.env,
+        chunk_size=args.chunk_size, freeze_memory=args.freeze_memory, **_feature_kwargs(args, energies=True)
     )
     if args.memory_checkpoint:
         kwargs["memory"] = args.memory_checkpoint
@@ -196,10 +214,7 @@ def _ebmm_recurrent_policy(args: Args) -> tuple[str | type, dict[str, Any]]:
 
 def _baseline_policy(name: str, args: Args) -> tuple[str | type, dict[str, Any]]:
     """``MultiInputPolicy`` + :class:`MemoryExtractor` over the baseline ``name`` of ``ebmm_rl.protocol.MEMORIES``."""
-    kwargs: dict[str, Any] = dict(
-        freeze_memory=args.freeze_memory,
-        similarities=args.similarities if args.similarities is not None else "ImageRecall" in args.env,
-    )
+    kwargs: dict[str, Any] = dict(freeze_memory=args.freeze_memory, **_feature_kwargs(args, energies=False))
     if args.memory_checkpoint:
         if args.memory_budget is not None:
             raise ValueError("--memory-budget sizes a fresh memory; it cannot be combined with --memory-checkpoint")
@@ -292,16 +307,17 @@ def wrap_env(env: gym.Env, memory: str, write_queries: bool = False, frame_stack
 
 
 def make_env(args: Args, n_envs: int | None = None, seed: int | None = None) -> VecEnv:
-    """The vectorised, wrapped environment of ``args`` (SubprocVecEnv when more than one env)."""
+    """The vectorised, wrapped environment of ``args`` (``args.vec_env``: SubprocVecEnv when more than one env)."""
     memory_kind(args.memory)
     n_envs = args.n_envs if n_envs is None else n_envs
+    subproc = n_envs > 1 and args.vec_env != "dummy"
     return make_vec_env(
         f"envs:{args.env}",  # the prefix imports envs in fresh worker processes
         n_envs=n_envs,
         seed=args.seed if seed is None else seed,
         wrapper_class=wrap_env,
         wrapper_kwargs=dict(memory=args.memory, write_queries=_write_queries(args), frame_stack=args.frame_stack),
-        vec_env_cls=SubprocVecEnv if n_envs > 1 else DummyVecEnv,
+        vec_env_cls=SubprocVecEnv if subproc else DummyVecEnv,
     )
 
 

@@ -78,6 +78,13 @@ class Args:
     """PPO epochs per rollout of every agent (default: agents.train's, 4)"""
     net_arch: tuple[int, ...] | None = None
     """policy/value MLP of every agent (default: agents.train's, 64 64; give --net-arch alone for linear heads)"""
+    batch_size: int | None = None
+    """PPO minibatch size of every agent (default: agents.train's, 64)"""
+    n_envs: int | None = None
+    """parallel environments of every agent (default: agents.train's, 1)"""
+    vec_env: str | None = None
+    """agents.train's --vec-env of every agent (``dummy`` runs the envs in one process: the memory agents then write
+    and read all envs' memories in one batch)"""
     meta_dir: str = "runs"
     """folder of scripts/meta_train_env.py runs, for the agent ebmm-meta"""
     doc: str | None = None
@@ -237,7 +244,9 @@ def main(args: Args) -> str:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     overrides = {
-        k: v for k in ("learning_rate", "gamma", "n_epochs", "net_arch") if (v := getattr(args, k)) is not None
+        k: v
+        for k in ("learning_rate", "gamma", "n_epochs", "net_arch", "batch_size", "n_envs", "vec_env")
+        if (v := getattr(args, k)) is not None
     }
     jobs = [(e, a, s) for s in args.seeds for e in args.envs for a in args.agents]  # seed by seed: early full rows
     results = []
@@ -246,7 +255,7 @@ def main(args: Args) -> str:
         path = result_path(out_dir, env_id, agent, seed, args.steps)
         if path.exists():
             result = json.loads(path.read_text())
-            stored = {k: result["train_args"][k] for k in overrides}
+            stored = {k: result["train_args"].get(k) for k in overrides}
             if stored != {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()}:
                 raise SystemExit(
                     f"{path} was trained with {stored}, not {overrides}: use another --out-dir for other settings"

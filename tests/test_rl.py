@@ -17,6 +17,7 @@ from stable_baselines3 import A2C, PPO
 import envs  # noqa: F401  (registers the ids)
 from ebmm_rl import EBMMExtractor, EpisodeMemoryWrapper, MultiBinaryToMultiDiscrete
 from ebmm_rl.checkpoint import save_memory
+from ebmm_rl.rl.extractor import similarity_features
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("BinaryRecall", "KeyValueRecall", "ImageRecall", "Familiarity", "DelayedRecall")
@@ -120,6 +121,41 @@ def test_features_do_not_depend_on_the_minibatch():
     assert with_similarities.features_dim == 4 and with_similarities(batch).shape == (24, 4)
 
 
+def test_similarities_are_standardised_over_the_valid_rows():
+    history = torch.tensor([[[0.0, 0.0], [1.0, 1.0], [0.5, 0.0], [9.0, 9.0]]])  # [1, L=4, D=2]; row 3 is padding
+    retrieved = torch.tensor([[0.9, 1.0]])  # nearest to row 1
+    z = similarity_features(retrieved, history, torch.tensor([3]), (0.0, 1.0))
+    assert z.shape == (1, 4) and int(z[0, :3].argmax()) == 1
+    torch.testing.assert_close(z[0, :3].mean(), torch.tensor(0.0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z[0, :3].var(unbiased=False), torch.tensor(1.0), atol=1e-4, rtol=0)
+    assert z[0, 3] == -2.0 and (z[0, 3] < z[0, :3]).all()  # padding: -sqrt(L), below every valid row
+    scaled = similarity_features(0.5 * retrieved, 0.5 * history, torch.tensor([3]), (0.0, 1.0))
+    torch.testing.assert_close(scaled, z)  # the scores do not depend on the images' contrast
+    single = similarity_features(retrieved, history, torch.tensor([1]), (0.0, 1.0))
+    assert single[0, 0] == 0.0  # one valid row: nothing to tell apart
+
+
+def test_features_select_and_order_the_parts():
+    env = make_env("ebmm/ImageRecall-Easy-v0")  # 2 stored images
+    batch = as_batch(collect(env, 6), env.observation_space)
+    full = extractor(env, similarities=True)
+    chosen = extractor(env, features=("similarities", "energies", "phase"))
+    assert full.features == ("retrieved", "energies", "query", "phase", "similarities")
+    assert chosen.features_dim == 2 + 2 + 3
+    D = env.observation_space["query"].shape[0]
+    f = full(batch)  # retrieved [D], energies [2], query [D], phase [3], similarities [2]
+    expected = torch.cat([f[:, -2:], f[:, D : D + 2], f[:, 2 * D + 2 : 2 * D + 5]], dim=1)
+    torch.testing.assert_close(chosen(batch), expected, rtol=1e-5, atol=1e-6)
+    for bad, match in [
+        (dict(features=("retrieved", "pixels")), "features must be distinct names"),
+        (dict(features=()), "features must be distinct names"),
+        (dict(features=("query", "query")), "features must be distinct names"),
+        (dict(features=("retrieved",), similarities=True), "lack 'similarities'"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            extractor(env, **bad)
+
+
 @pytest.mark.parametrize("chunk_size", [1, 2])
 def test_cached_rollout_features_equal_uncached(chunk_size):
     env = make_env("ebmm/Familiarity-Easy-v0")  # up to 6 stored patterns, queries stored too
@@ -143,6 +179,21 @@ def test_cached_rollout_features_equal_uncached(chunk_size):
     assert ext._cache
     ext.train()  # as does a change of training mode (SB3 switches before every update and rollout)
     assert not ext._cache
+
+
+def test_frozen_memory_keeps_its_cache_across_training_mode_switches():
+    env = make_env("ebmm/Familiarity-Easy-v0")
+    ext = extractor(env, freeze_memory=True)
+    batch = as_batch(collect(env, 30), env.observation_space)
+    ext.eval()
+    with torch.no_grad():
+        rollout = ext(batch)  # rollout collection fills the cache
+    written = ext.patterns_written
+    ext.train()  # SB3's switch before the update: a frozen memory cannot have changed
+    assert ext._cache
+    update = ext(batch)  # the update reads from the rollout's memories and writes nothing
+    assert ext.patterns_written == written
+    torch.testing.assert_close(update, rollout, rtol=1e-5, atol=1e-5)
 
 
 def test_one_chunk_equals_batch_writing():

@@ -143,6 +143,10 @@ def test_features_do_not_depend_on_the_minibatch(name):
     torch.testing.assert_close(single, full, rtol=1e-5, atol=1e-6)
     with_similarities = extractor(env, name, similarities=True, net_arch=[4])
     assert with_similarities.features_dim == 4 and with_similarities(batch).shape == (24, 4)
+    chosen = extractor(env, name, features=("similarities", "phase"))
+    torch.testing.assert_close(chosen(batch)[:, 2:], full[:, -3:])  # phase one-hot, after 2 similarities
+    with pytest.raises(ValueError, match="features must be distinct names"):
+        extractor(env, name, features=("energies",))  # baselines have no energy
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -281,3 +285,22 @@ def test_train_script_runs(tmp_path, memory):
     (run_dir,) = tmp_path.iterdir()
     assert run_dir.name.startswith(f"ebmm-BinaryRecall-Easy-v0__{memory}__0__")
     assert (run_dir / "model.zip").exists()
+
+
+def test_agents_on_image_recall_default_to_the_position_features():
+    """ImageRecall answers a position: the memory agents read similarities (and EBMM energies) and phase only."""
+    for memory, expected in [("ebmm", ("similarities", "energies", "phase")), ("memnet", ("similarities", "phase"))]:
+        args = replace(Args(), env="ebmm/ImageRecall-Easy-v0", memory=memory, n_steps=8, batch_size=8)
+        extractor = build_model(args, make_agent_env(args)).policy.features_extractor
+        assert extractor.features == expected
+        explicit = replace(args, features=("retrieved", "phase"))
+        assert build_model(explicit, make_agent_env(explicit)).policy.features_extractor.features == explicit.features
+    plain = replace(Args(), env="ebmm/BinaryRecall-Easy-v0", n_steps=8, batch_size=8)
+    assert build_model(plain, make_agent_env(plain)).policy.features_extractor.features == (
+        "retrieved",
+        "energies",
+        "query",
+        "phase",
+    )
+    single = replace(plain, n_envs=2, vec_env="dummy")
+    assert type(make_agent_env(single)).__name__ == "DummyVecEnv"

@@ -38,7 +38,7 @@ from ebmm_rl.checkpoint import load_memory
 from ebmm_rl.energy.mlp import MLPConfig, MLPEnergy
 from ebmm_rl.memory import EBMMConfig, EBMMemory, MemoryState
 
-__all__ = ["DEFAULT_RL_EBMM_CONFIG", "DEFAULT_RL_ENERGY", "EBMMExtractor"]
+__all__ = ["DEFAULT_RL_EBMM_CONFIG", "DEFAULT_RL_ENERGY", "EBMMExtractor", "FEATURE_PARTS", "feature_parts"]
 
 DEFAULT_RL_ENERGY = dict(hidden_size=64, dynamic_size=32, hops=2)
 """Sizes of the fresh :class:`MLPEnergy` the extractor builds when given no memory (``input_size`` = ``D``)."""
@@ -49,6 +49,9 @@ step), and the initial step sizes that ``scripts/meta_train_binary.py`` found to
 write rate barely changes the fast weights before meta-training). ``data_range`` comes from the wrapper."""
 
 _REQUIRED_KEYS = ("history", "history_len", "query")
+
+FEATURE_PARTS = ("retrieved", "energies", "query", "phase", "similarities")
+"""Names of the parts an extractor's features can hold (see :class:`EBMMExtractor`)."""
 _Key = tuple[int, bytes]  # (number of patterns written, digest of those patterns)
 
 
@@ -66,7 +69,9 @@ class EBMMExtractor(BaseFeaturesExtractor):
       retrieved pattern and each stored pattern (padding rows get the lowest possible value), i.e. *which*
       stored pattern was recalled, for tasks that ask for its position (``ImageRecall``).
 
-    then passed through an optional MLP (``net_arch``).
+    ``features`` selects and orders the parts instead (e.g. ``("similarities", "energies", "phase")``: a task
+    whose answer is a position needs neither image, and a linear head learns far faster without hundreds of
+    pixel inputs that carry no answer). The result is passed through an optional MLP (``net_arch``).
 
     Args:
         observation_space: a ``Dict`` space made by :class:`~ebmm_rl.rl.wrappers.EpisodeMemoryWrapper`.
@@ -83,6 +88,8 @@ class EBMMExtractor(BaseFeaturesExtractor):
             change it; writing and reading also skip the higher-order graph, which is much cheaper).
         net_arch: hidden sizes of a ReLU MLP on top of the features; empty = the raw features.
         similarities: add the ``similarities`` features (see above).
+        features: the parts to use, in order, from :data:`FEATURE_PARTS`; default: ``retrieved``, ``energies``,
+            ``query``, ``phase`` (if the space has one), then ``similarities`` if ``similarities=True``.
         cache_size: written memories (one per history prefix) kept for gradient-free calls; 0 disables the cache.
 
     Raises:
@@ -99,6 +106,7 @@ class EBMMExtractor(BaseFeaturesExtractor):
         freeze_memory: bool = False,
         net_arch: Sequence[int] = (),
         similarities: bool = False,
+        features: Sequence[str] | None = None,
         cache_size: int = 4096,
     ) -> None:
         _check_space(observation_space)
@@ -109,8 +117,8 @@ class EBMMExtractor(BaseFeaturesExtractor):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1 (1 = one pattern per env step), got {chunk_size}")
         self.chunk_size = int(chunk_size)
-        self.use_phase = isinstance(observation_space.spaces.get("phase"), spaces.Discrete)
-        self.similarities = bool(similarities)
+        has_phase = isinstance(observation_space.spaces.get("phase"), spaces.Discrete)
+        self.features = feature_parts(features, similarities, has_phase, FEATURE_PARTS, type(self).__name__)
         self.cache_size = int(cache_size)
 
         self.memory = self._build_memory(memory, energy, ebmm, data_range)
@@ -207,13 +215,15 @@ class EBMMExtractor(BaseFeaturesExtractor):
         history, query = obs["history"], obs["query"]  # [B, L, D], [B, D]
         result = self.memory.read(query.unsqueeze(1), state, create_graph=self.needs_graph())
         retrieved = result.retrieved[:, 0]  # [B, D]
-        energies = self.memory.energies(result.iterates[[0, -1]], state)[:, :, 0].T  # [B, 2]: E(query), E(retrieved)
-        features = [retrieved, energies, query]
-        if self.use_phase:
-            features.append(obs["phase"].reshape(query.shape[0], -1))  # [B, 3] one-hot
-        if self.similarities:
-            features.append(similarity_features(retrieved, history, lengths, self.memory.config.data_range))
-        return torch.cat(features, dim=1)
+        parts = {
+            "retrieved": lambda: retrieved,
+            # [B, 2]: E(query), E(retrieved)
+            "energies": lambda: self.memory.energies(result.iterates[[0, -1]], state)[:, :, 0].T,
+            "query": lambda: query,
+            "phase": lambda: obs["phase"].reshape(query.shape[0], -1),  # [B, 3] one-hot
+            "similarities": lambda: similarity_features(retrieved, history, lengths, self.memory.config.data_range),
+        }
+        return torch.cat([parts[name]() for name in self.features], dim=1)
 
     def write(self, history: Tensor, lengths: Tensor, create_graph: bool | None = None) -> MemoryState:
         """Write each episode's history from scratch (``θ̄``), chunk by chunk: the reference path.
@@ -264,9 +274,8 @@ class EBMMExtractor(BaseFeaturesExtractor):
         cached is looked up by its fingerprint (length + BLAKE2 digest of the rows); only the chunks after it are
         written, for all such rows in one batch, and the memories at the new chunk boundaries are cached.
         The cache is emptied whenever a memory parameter changes in place (an optimiser step, ``load_state_dict``:
-        their version counters move) and whenever the training mode changes (``policy.set_training_mode``: SB3
-        switches to training before every update and back before every rollout; this also covers edits through
-        ``.data``, which do not move version counters).
+        their version counters move) and, for a trainable memory, whenever the training mode changes
+        (``policy.set_training_mode``, see :meth:`train`).
         """
         self._check_cache_version()
         B = history.shape[0]
@@ -320,10 +329,21 @@ class EBMMExtractor(BaseFeaturesExtractor):
         self._cache.clear()
 
     def train(self, mode: bool = True) -> EBMMExtractor:
-        """Set the training mode; a change of mode empties the cache (SB3 switches before each rollout and update)."""
-        if mode != self.training:
+        """Set the training mode; a change of mode empties the cache unless the memory is frozen.
+
+        SB3 switches to training before every update and back before every rollout. A trainable memory may have
+        changed in between (also through ``.data``, which no version counter sees), so its cache is dropped. A
+        frozen memory (no parameter with ``requires_grad``) cannot be changed by the RL loss, so its cache survives
+        the switch and the update epochs reuse the memories written during the rollout: they only read. (Edit a
+        frozen memory's weights through ``.data`` and call :meth:`clear_cache` yourself.)
+        """
+        if mode != self.training and not self.memory_frozen():
             self.clear_cache()
         return super().train(mode)
+
+    def memory_frozen(self) -> bool:
+        """Whether no parameter of the memory requires gradients (``freeze_memory=True``)."""
+        return not any(p.requires_grad for p in self.memory.parameters())
 
     def apply(self, fn) -> EBMMExtractor:  # noqa: ANN001
         """Apply ``fn`` to the head only: the memory keeps its own initialisation.
@@ -369,22 +389,60 @@ def _check_space(space: spaces.Space, owner: str = "EBMMExtractor") -> None:
         raise ValueError(f"'history_len' must be Discrete(max_patterns + 1), got {length}; {fix}")
 
 
+def feature_parts(
+    features: Sequence[str] | None, similarities: bool, has_phase: bool, allowed: Sequence[str], owner: str
+) -> tuple[str, ...]:
+    """The feature parts an extractor uses: ``features`` checked against ``allowed``, or the default list.
+
+    The default is every allowed part but ``similarities`` (``phase`` only if the space has one), then
+    ``similarities`` if asked for.
+
+    Raises:
+        ValueError: an unknown or repeated name, an empty list, ``phase`` without a phase in the space, or
+            ``similarities=True`` with a list that lacks it.
+    """
+    if features is None:
+        chosen = [n for n in allowed if n != "similarities" and (n != "phase" or has_phase)]
+        return (*chosen, "similarities") if similarities else tuple(chosen)
+    chosen = tuple(str(n) for n in features)
+    unknown = [n for n in chosen if n not in allowed]
+    if unknown or not chosen or len(set(chosen)) != len(chosen):
+        raise ValueError(f"{owner}: features must be distinct names among {list(allowed)}, got {list(chosen)}")
+    if "phase" in chosen and not has_phase:
+        raise ValueError(f"{owner}: the observation space has no 'phase' key; drop 'phase' from features")
+    if similarities and "similarities" not in chosen:
+        raise ValueError(f"{owner}: similarities=True but features {list(chosen)} lack 'similarities'; add it")
+    return chosen
+
+
 def similarity_features(retrieved: Tensor, history: Tensor, lengths: Tensor, data_range: tuple[float, float]) -> Tensor:
-    """Which stored row was recalled: the negative mean squared distance of the retrieved pattern to each row.
+    """Which stored row was recalled: how close the retrieved pattern is to each row, standardised per episode.
+
+    The similarity to a row is the negative mean squared distance, ``-mean_d (retrieved_d - row_d)^2``; each
+    episode's similarities are then z-scored over its valid rows (mean 0, standard deviation 1; all 0 if they are
+    equal), so the recalled row stands out by about the same margin whatever the images' contrast. Raw distances
+    differ between rows by a few hundredths and share a large common part, and a linear policy head learned
+    nothing from them in 30,000 PPO steps on ``ImageRecall`` (``docs/rl_results.md``). Padding rows get
+    ``-sqrt(L)``, below any z-score of ``L`` or fewer values.
 
     Args:
         retrieved: ``[B, D]`` retrieved patterns.
         history: ``[B, L, D]`` stored rows, padded.
-        lengths: ``[B]`` valid rows of each history; padding rows get the lowest possible value.
-        data_range: ``(lo, hi)`` of the patterns.
+        lengths: ``[B]`` valid rows of each history.
+        data_range: ``(lo, hi)`` of the patterns (unused by the standardised scores; kept for a uniform signature).
 
     Returns:
         ``[B, L]``.
     """
-    lo, hi = data_range
+    del data_range
+    L = history.shape[1]
     sim = -(retrieved.unsqueeze(1) - history).pow(2).mean(dim=2)  # [B, L]
-    valid = torch.arange(history.shape[1], device=history.device) < lengths.unsqueeze(1)  # [B, L]
-    return torch.where(valid, sim, torch.full_like(sim, -((hi - lo) ** 2)))
+    valid = torch.arange(L, device=history.device) < lengths.unsqueeze(1)  # [B, L]
+    count = valid.sum(dim=1, keepdim=True).clamp(min=1)  # [B, 1]
+    mean = torch.where(valid, sim, 0.0).sum(dim=1, keepdim=True) / count
+    var = torch.where(valid, (sim - mean).pow(2), 0.0).sum(dim=1, keepdim=True) / count
+    z = (sim - mean) / (var.sqrt() + 1e-6)
+    return torch.where(valid, z, torch.full_like(sim, -(L**0.5)))
 
 
 def _lengths(encoded: Tensor, max_patterns: int) -> Tensor:

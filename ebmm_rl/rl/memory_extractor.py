@@ -30,9 +30,19 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import Tensor, nn
 
 from ebmm_rl.protocol import MEMORIES, build_memory
-from ebmm_rl.rl.extractor import _check_space, _dummy_observation, _lengths, similarity_features
+from ebmm_rl.rl.extractor import _check_space, _dummy_observation, _lengths, feature_parts, similarity_features
 
-__all__ = ["DEFAULT_RL_BUDGETS", "DEFAULT_RL_MEMORY_KWARGS", "MAX_RL_NEURONS", "MemoryExtractor", "default_budget"]
+__all__ = [
+    "DEFAULT_RL_BUDGETS",
+    "DEFAULT_RL_MEMORY_KWARGS",
+    "MAX_RL_NEURONS",
+    "MEMORY_FEATURE_PARTS",
+    "MemoryExtractor",
+    "default_budget",
+]
+
+MEMORY_FEATURE_PARTS = ("retrieved", "query", "phase", "similarities")
+"""Names of the parts :class:`MemoryExtractor`'s features can hold (no energies: baselines have none)."""
 
 
 MAX_RL_NEURONS = 64
@@ -92,7 +102,8 @@ class MemoryExtractor(BaseFeaturesExtractor):
       retrieved pattern and each stored pattern (padding rows get the lowest possible value), as in
       :class:`~ebmm_rl.rl.EBMMExtractor`.
 
-    then passed through an optional ReLU MLP (``net_arch``).
+    ``features`` selects and orders the parts instead, as in :class:`~ebmm_rl.rl.EBMMExtractor` (there is no
+    ``energies`` part). The result is passed through an optional ReLU MLP (``net_arch``).
 
     Args:
         observation_space: a ``Dict`` space made by :class:`~ebmm_rl.rl.wrappers.EpisodeMemoryWrapper`.
@@ -107,6 +118,8 @@ class MemoryExtractor(BaseFeaturesExtractor):
             change it).
         net_arch: hidden sizes of a ReLU MLP on top of the features; empty = the raw features.
         similarities: add the ``similarities`` features (see above).
+        features: the parts to use, in order, from :data:`MEMORY_FEATURE_PARTS`; default: ``retrieved``,
+            ``query``, ``phase`` (if the space has one), then ``similarities`` if ``similarities=True``.
 
     Raises:
         ValueError: the observation space lacks the wrapper's keys, the name is unknown or not an ``nn.Module``
@@ -121,14 +134,15 @@ class MemoryExtractor(BaseFeaturesExtractor):
         freeze_memory: bool = False,
         net_arch: Sequence[int] = (),
         similarities: bool = False,
+        features: Sequence[str] | None = None,
     ) -> None:
         _check_space(observation_space, owner=type(self).__name__)
         super().__init__(observation_space, features_dim=1)  # the real size is found by a dry pass below
         history_space = observation_space["history"]
         self.max_patterns, self.pattern_size = (int(n) for n in history_space.shape)
         self.data_range = (float(np.min(history_space.low)), float(np.max(history_space.high)))
-        self.use_phase = isinstance(observation_space.spaces.get("phase"), spaces.Discrete)
-        self.similarities = bool(similarities)
+        has_phase = isinstance(observation_space.spaces.get("phase"), spaces.Discrete)
+        self.features = feature_parts(features, similarities, has_phase, MEMORY_FEATURE_PARTS, type(self).__name__)
 
         self.memory = self._build_memory(memory, memory_kwargs)
         if freeze_memory:
@@ -210,12 +224,13 @@ class MemoryExtractor(BaseFeaturesExtractor):
         lengths = _lengths(obs["history_len"], self.max_patterns)  # [B]
         state = self.write(history, lengths)
         retrieved = self.memory.recall(query.unsqueeze(1), state)[:, 0]  # [B, D]
-        features = [retrieved, query]
-        if self.use_phase:
-            features.append(obs["phase"].reshape(query.shape[0], -1))  # [B, 3] one-hot
-        if self.similarities:
-            features.append(similarity_features(retrieved, history, lengths, self.data_range))
-        return torch.cat(features, dim=1)
+        parts = {
+            "retrieved": lambda: retrieved,
+            "query": lambda: query,
+            "phase": lambda: obs["phase"].reshape(query.shape[0], -1),  # [B, 3] one-hot
+            "similarities": lambda: similarity_features(retrieved, history, lengths, self.data_range),
+        }
+        return torch.cat([parts[name]() for name in self.features], dim=1)
 
     def write(self, history: Tensor, lengths: Tensor) -> Any:
         """Write each episode's ``history[:length]`` into a fresh memory; padding is masked out.
