@@ -6,8 +6,15 @@ The recurrent route for sb3-contrib's ``RecurrentPPO`` lives in :mod:`ebmm_rl.rl
 imported from there, so that this package does not need sb3-contrib).
 """
 
-from ebmm_rl.rl.extractor import EBMMExtractor
-from ebmm_rl.rl.memory_extractor import MemoryExtractor
+from ebmm_rl.rl.extractor import FEATURE_PARTS, EBMMExtractor
+from ebmm_rl.rl.memory_extractor import MEMORY_FEATURE_PARTS, MemoryExtractor
 from ebmm_rl.rl.wrappers import EpisodeMemoryWrapper, MultiBinaryToMultiDiscrete
 
-__all__ = ["EBMMExtractor", "EpisodeMemoryWrapper", "MemoryExtractor", "MultiBinaryToMultiDiscrete"]
+__all__ = [
+    "FEATURE_PARTS",
+    "MEMORY_FEATURE_PARTS",
+    "EBMMExtractor",
+    "EpisodeMemoryWrapper",
+    "MemoryExtractor",
+    "MultiBinaryToMultiDiscrete",
+]
