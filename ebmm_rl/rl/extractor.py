@@ -38,7 +38,14 @@ from ebmm_rl.checkpoint import load_memory
 from ebmm_rl.energy.mlp import MLPConfig, MLPEnergy
 from ebmm_rl.memory import EBMMConfig, EBMMemory, MemoryState
 
-__all__ = ["DEFAULT_RL_EBMM_CONFIG", "DEFAULT_RL_ENERGY", "EBMMExtractor", "FEATURE_PARTS", "feature_parts"]
+__all__ = [
+    "DEFAULT_RL_EBMM_CONFIG",
+    "DEFAULT_RL_ENERGY",
+    "EBMMExtractor",
+    "FEATURE_PARTS",
+    "HistoryFeaturesExtractor",
+    "feature_parts",
+]
 
 DEFAULT_RL_ENERGY = dict(hidden_size=64, dynamic_size=32, hops=2)
 """Sizes of the fresh :class:`MLPEnergy` the extractor builds when given no memory (``input_size`` = ``D``)."""
@@ -55,7 +62,71 @@ FEATURE_PARTS = ("retrieved", "energies", "query", "phase", "similarities")
 _Key = tuple[int, bytes]  # (number of patterns written, digest of those patterns)
 
 
-class EBMMExtractor(BaseFeaturesExtractor):
+class HistoryFeaturesExtractor(BaseFeaturesExtractor):
+    """What every memory extractor shares: the wrapper's space, the feature parts, the head, ``forward``, ``apply``.
+
+    A subclass builds its memory, then calls :meth:`_build_head`, and implements ``_raw_features(obs) -> [B, F]``
+    (the chosen parts, concatenated in :attr:`features` order). ``PARTS`` lists the part names it can compute.
+
+    Args:
+        observation_space: a ``Dict`` space made by :class:`~ebmm_rl.rl.wrappers.EpisodeMemoryWrapper`.
+        similarities: add the ``similarities`` part to the default parts.
+        features: the parts to use, in order, from ``PARTS`` (default: every part but ``similarities``).
+    """
+
+    PARTS: tuple[str, ...] = FEATURE_PARTS
+
+    def __init__(
+        self, observation_space: spaces.Space, similarities: bool = False, features: Sequence[str] | None = None
+    ) -> None:
+        _check_space(observation_space, owner=type(self).__name__)
+        super().__init__(observation_space, features_dim=1)  # the real size is found by _build_head's dry pass
+        history_space = observation_space["history"]
+        self.max_patterns, self.pattern_size = (int(n) for n in history_space.shape)
+        self.data_range = (float(np.min(history_space.low)), float(np.max(history_space.high)))
+        has_phase = isinstance(observation_space.spaces.get("phase"), spaces.Discrete)
+        self.features = feature_parts(features, similarities, has_phase, self.PARTS, type(self).__name__)
+        self.head: nn.Module = nn.Identity()
+
+    def _build_head(self, observation_space: spaces.Dict, net_arch: Sequence[int]) -> None:
+        """Size the raw features by a dry pass on an empty history, then add the ReLU MLP ``net_arch`` on top."""
+        with torch.no_grad():
+            size = self._raw_features(_dummy_observation(observation_space)).shape[1]
+        layers: list[nn.Module] = []
+        for width in net_arch:
+            layers += [nn.Linear(size, int(width)), nn.ReLU()]
+            size = int(width)
+        if layers:
+            self.head = nn.Sequential(*layers)
+        self._features_dim = size
+
+    def _raw_features(self, obs: dict[str, Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, observations: dict[str, Tensor]) -> Tensor:
+        """Features ``[B, features_dim]`` of a batch of preprocessed observations (SB3's ``preprocess_obs``).
+
+        Args:
+            observations: ``history: [B, L, D]``, ``history_len: [B, L + 1]`` (one-hot; ``[B, 1, L + 1]`` from a
+                rollout buffer) or ``[B]``/``[B, 1]``, ``query: [B, D]``, ``phase: [B, 3]`` (one-hot), other keys
+                ignored.
+        """
+        return self.head(self._raw_features(observations))
+
+    def apply(self, fn) -> HistoryFeaturesExtractor:  # noqa: ANN001
+        """Apply ``fn`` to the head only: the memory keeps its own initialisation.
+
+        SB3's ``ActorCriticPolicy`` (``ortho_init=True``, the default) re-initialises every ``nn.Linear`` of the
+        features extractor orthogonally through ``apply``; that would overwrite a meta-trained memory loaded from a
+        checkpoint (and the memories' own initialisations: an energy network's He init, MemNet's identity
+        attention maps, plasticity's wiring).
+        """
+        self.head.apply(fn)
+        fn(self)
+        return self
+
+
+class EBMMExtractor(HistoryFeaturesExtractor):
     """Writes each observation's episode history into an EBMM and reads with the current pattern.
 
     Features (``D`` = pattern size, ``L`` = ``max_patterns`` of the wrapper), concatenated in this order:
@@ -109,19 +180,13 @@ class EBMMExtractor(BaseFeaturesExtractor):
         features: Sequence[str] | None = None,
         cache_size: int = 4096,
     ) -> None:
-        _check_space(observation_space)
-        super().__init__(observation_space, features_dim=1)  # the real size is found by a dry pass below
-        history_space = observation_space["history"]
-        self.max_patterns, self.pattern_size = (int(n) for n in history_space.shape)
-        data_range = (float(np.min(history_space.low)), float(np.max(history_space.high)))
+        super().__init__(observation_space, similarities, features)
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1 (1 = one pattern per env step), got {chunk_size}")
         self.chunk_size = int(chunk_size)
-        has_phase = isinstance(observation_space.spaces.get("phase"), spaces.Discrete)
-        self.features = feature_parts(features, similarities, has_phase, FEATURE_PARTS, type(self).__name__)
         self.cache_size = int(cache_size)
 
-        self.memory = self._build_memory(memory, energy, ebmm, data_range)
+        self.memory = self._build_memory(memory, energy, ebmm, self.data_range)
         if freeze_memory:
             self.memory.requires_grad_(False)
 
@@ -131,19 +196,8 @@ class EBMMExtractor(BaseFeaturesExtractor):
         """Rows whose memory came from the cache (whole or as a prefix), since construction."""
         self.patterns_written = 0
         """Patterns written by gradient-free calls (the cached path), since construction."""
-
-        self.head = nn.Identity()
-        with torch.no_grad():
-            raw = self._raw_features(_dummy_observation(observation_space)).shape[1]
+        self._build_head(observation_space, net_arch)
         self._cache.clear()
-        layers: list[nn.Module] = []
-        size = raw
-        for width in net_arch:
-            layers += [nn.Linear(size, int(width)), nn.ReLU()]
-            size = int(width)
-        if layers:
-            self.head = nn.Sequential(*layers)
-        self._features_dim = size
 
     # --------------------------------------------------------------------------------------------- building
     def _build_memory(
@@ -177,16 +231,6 @@ class EBMMExtractor(BaseFeaturesExtractor):
         return memory
 
     # ---------------------------------------------------------------------------------------------- forward
-    def forward(self, observations: dict[str, Tensor]) -> Tensor:
-        """Features ``[B, features_dim]`` of a batch of preprocessed observations (SB3's ``preprocess_obs``).
-
-        Args:
-            observations: ``history: [B, L, D]``, ``history_len: [B, L + 1]`` (one-hot; ``[B, 1, L + 1]`` from a
-                rollout buffer) or ``[B]``/``[B, 1]``, ``query: [B, D]``, ``phase: [B, 3]`` (one-hot), other keys
-                ignored.
-        """
-        return self.head(self._raw_features(observations))
-
     def _raw_features(self, obs: dict[str, Tensor]) -> Tensor:
         history = obs["history"]  # [B, L, D]
         lengths = _lengths(obs["history_len"], self.max_patterns)  # [B]
@@ -344,17 +388,6 @@ class EBMMExtractor(BaseFeaturesExtractor):
     def memory_frozen(self) -> bool:
         """Whether no parameter of the memory requires gradients (``freeze_memory=True``)."""
         return not any(p.requires_grad for p in self.memory.parameters())
-
-    def apply(self, fn) -> EBMMExtractor:  # noqa: ANN001
-        """Apply ``fn`` to the head only: the memory keeps its own initialisation.
-
-        SB3's ``ActorCriticPolicy`` (``ortho_init=True``, the default) re-initialises every ``nn.Linear`` of the
-        features extractor orthogonally through ``apply``; that would overwrite a meta-trained memory loaded from a
-        checkpoint (and the energy network's own initialisation of a fresh one).
-        """
-        self.head.apply(fn)
-        fn(self)
-        return self
 
     def _store(self, key: _Key, weights: dict[str, Tensor]) -> None:
         self._cache[key] = weights

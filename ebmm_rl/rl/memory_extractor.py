@@ -23,14 +23,12 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from gymnasium import spaces
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import Tensor, nn
 
 from ebmm_rl.protocol import MEMORIES, build_memory
-from ebmm_rl.rl.extractor import _check_space, _dummy_observation, _lengths, feature_parts, similarity_features
+from ebmm_rl.rl.extractor import HistoryFeaturesExtractor, _lengths, similarity_features
 
 __all__ = [
     "DEFAULT_RL_BUDGETS",
@@ -90,7 +88,7 @@ def default_budget(name: str, max_patterns: int, pattern_size: int) -> int:
     return DEFAULT_RL_BUDGETS.get(name, _slots)(max_patterns, pattern_size)
 
 
-class MemoryExtractor(BaseFeaturesExtractor):
+class MemoryExtractor(HistoryFeaturesExtractor):
     """Writes each observation's episode history into a baseline memory and recalls with the current pattern.
 
     Features (``D`` = pattern size, ``L`` = ``max_patterns`` of the wrapper), concatenated in this order:
@@ -126,6 +124,8 @@ class MemoryExtractor(BaseFeaturesExtractor):
             memory, or the memory does not take flat patterns of size ``D`` in the wrapper's range.
     """
 
+    PARTS = MEMORY_FEATURE_PARTS
+
     def __init__(
         self,
         observation_space: spaces.Space,
@@ -136,29 +136,11 @@ class MemoryExtractor(BaseFeaturesExtractor):
         similarities: bool = False,
         features: Sequence[str] | None = None,
     ) -> None:
-        _check_space(observation_space, owner=type(self).__name__)
-        super().__init__(observation_space, features_dim=1)  # the real size is found by a dry pass below
-        history_space = observation_space["history"]
-        self.max_patterns, self.pattern_size = (int(n) for n in history_space.shape)
-        self.data_range = (float(np.min(history_space.low)), float(np.max(history_space.high)))
-        has_phase = isinstance(observation_space.spaces.get("phase"), spaces.Discrete)
-        self.features = feature_parts(features, similarities, has_phase, MEMORY_FEATURE_PARTS, type(self).__name__)
-
+        super().__init__(observation_space, similarities, features)
         self.memory = self._build_memory(memory, memory_kwargs)
         if freeze_memory:
             self.memory.requires_grad_(False)
-
-        self.head: nn.Module = nn.Identity()
-        with torch.no_grad():
-            raw = self._raw_features(_dummy_observation(observation_space)).shape[1]
-        layers: list[nn.Module] = []
-        size = raw
-        for width in net_arch:
-            layers += [nn.Linear(size, int(width)), nn.ReLU()]
-            size = int(width)
-        if layers:
-            self.head = nn.Sequential(*layers)
-        self._features_dim = size
+        self._build_head(observation_space, net_arch)
 
     # --------------------------------------------------------------------------------------------- building
     def _build_memory(self, memory: str | nn.Module, memory_kwargs: dict[str, Any] | None) -> nn.Module:
@@ -209,16 +191,6 @@ class MemoryExtractor(BaseFeaturesExtractor):
         )
 
     # ---------------------------------------------------------------------------------------------- forward
-    def forward(self, observations: dict[str, Tensor]) -> Tensor:
-        """Features ``[B, features_dim]`` of a batch of preprocessed observations (SB3's ``preprocess_obs``).
-
-        Args:
-            observations: ``history: [B, L, D]``, ``history_len: [B, L + 1]`` (one-hot; ``[B, 1, L + 1]`` from a
-                rollout buffer) or ``[B]``/``[B, 1]``, ``query: [B, D]``, ``phase: [B, 3]`` (one-hot), other keys
-                ignored.
-        """
-        return self.head(self._raw_features(observations))
-
     def _raw_features(self, obs: dict[str, Tensor]) -> Tensor:
         history, query = obs["history"], obs["query"]  # [B, L, D], [B, D]
         lengths = _lengths(obs["history_len"], self.max_patterns)  # [B]
@@ -248,14 +220,3 @@ class MemoryExtractor(BaseFeaturesExtractor):
         longest = max(int(lengths.max()), 1)
         mask = torch.arange(longest, device=history.device) < lengths.unsqueeze(1)  # [B, longest]
         return self.memory.write(history[:, :longest], pattern_mask=mask)
-
-    def apply(self, fn) -> MemoryExtractor:  # noqa: ANN001
-        """Apply ``fn`` to the head only: the memory keeps its own initialisation.
-
-        SB3's ``ActorCriticPolicy`` (``ortho_init=True``, the default) re-initialises every ``nn.Linear`` of the
-        features extractor orthogonally through ``apply``; that would overwrite a meta-trained memory (and the
-        hand-built initialisations of fresh ones: identity maps of MemNet's attention, plasticity's wiring).
-        """
-        self.head.apply(fn)
-        fn(self)
-        return self
