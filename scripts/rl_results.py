@@ -89,6 +89,8 @@ class Args:
     """folder of scripts/meta_train_env.py runs, for the agent ebmm-meta"""
     doc: str | None = None
     """markdown file whose generated block (between the rl_results markers) receives the table"""
+    plot: str | None = None
+    """PNG file for a bar chart of the table: every agent's score per env, 0 = chance, 1 = oracle, 95% CI bars"""
     threads: int = 1
     """torch CPU threads"""
     progress: bool = True
@@ -223,6 +225,48 @@ def format_table(
     return "\n".join(lines)
 
 
+def normalised_scores(
+    results: list[dict[str, Any]], env_ids: list[str], agents: list[str], episodes: int
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """``{env: {agent: (mean, 95% CI half-width)}}`` of ``(return - chance) / (oracle - chance)`` over seeds."""
+    scores: dict[str, dict[str, tuple[float, float]]] = {}
+    for env_id in env_ids:
+        chance, _, oracle = reference_returns(env_id, episodes)
+        span = oracle - chance
+        scores[env_id] = {}
+        for agent in agents:
+            values = [(r["mean_return"] - chance) / span for r in results if r["env"] == env_id and r["agent"] == agent]
+            if values:
+                scores[env_id][agent] = mean_ci(values)
+    return scores
+
+
+def plot_scores(scores: dict[str, dict[str, tuple[float, float]]], agents: list[str], path: str | Path, title: str):
+    """Grouped bars: one group per env, one bar per agent, with the 95% CI as error bars; written to ``path``."""
+    from ebmm_rl.image_report import _pyplot
+
+    plt = _pyplot()
+    envs_ = list(scores)
+    width = 0.8 / max(len(agents), 1)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(envs_), 3.6))
+    for i, agent in enumerate(agents):
+        xs = [e + (i - (len(agents) - 1) / 2) * width for e in range(len(envs_))]
+        means = [scores[env].get(agent, (np.nan, 0.0))[0] for env in envs_]
+        errs = [scores[env].get(agent, (np.nan, 0.0))[1] for env in envs_]
+        ax.bar(xs, means, width, yerr=errs, capsize=3, label=agent)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xticks(range(len(envs_)), [e.removeprefix("ebmm/").replace("-v0", "") for e in envs_], fontsize=8)
+    ax.set_ylabel("(return - chance) / (oracle - chance)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def write_doc(path: str | Path, block: str) -> None:
     """Replace the generated block of ``path`` (between :data:`BEGIN` and :data:`END`) or append one."""
     path = Path(path)
@@ -287,6 +331,9 @@ def main(args: Args) -> str:
     out.write_text(block + "\n")
     if args.doc:
         write_doc(args.doc, block)
+    if args.plot:
+        scores = normalised_scores(results, list(args.envs), list(args.agents), args.eval_episodes)
+        plot_scores(scores, list(args.agents), args.plot, f"{done_steps} env steps, seeds {list(args.seeds)}")
     print(block)
     return block
 

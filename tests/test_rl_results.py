@@ -77,3 +77,18 @@ def test_meta_agent_uses_a_frozen_env_checkpoint(tmp_path):
     assert result["agent"] == "ebmm-meta" and result["train_args"]["freeze_memory"]
     assert result["train_args"]["gamma"] == 0.0 and list(result["train_args"]["net_arch"]) == []
     assert result["steps"] >= 64 and len(result["returns"]) == 2
+
+
+def test_plot_of_normalised_scores(tmp_path):
+    results = [
+        dict(env="ebmm/KeyValueRecall-Easy-v0", agent=agent, mean_return=value)
+        for agent, values in (("mlp", (0.25, 0.25)), ("ebmm", (1.0, 0.625)))
+        for value in values
+    ]
+    scores = rl_results.normalised_scores(results, ["ebmm/KeyValueRecall-Easy-v0"], ["mlp", "ebmm"], episodes=3)
+    (mlp, ebmm) = (scores["ebmm/KeyValueRecall-Easy-v0"][a] for a in ("mlp", "ebmm"))
+    assert mlp == (0.0, 0.0)  # chance 0.25 -> 0, oracle 1.0 -> 1
+    assert ebmm[0] == pytest.approx(0.75) and ebmm[1] == pytest.approx(12.706 * 0.25)  # t(1) * std / sqrt(2)
+    pytest.importorskip("matplotlib")
+    rl_results.plot_scores(scores, ["mlp", "ebmm"], tmp_path / "scores.png", "test")
+    assert (tmp_path / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
