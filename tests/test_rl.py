@@ -133,6 +133,10 @@ def test_similarities_are_standardised_over_the_valid_rows():
     torch.testing.assert_close(scaled, z)  # the scores do not depend on the images' contrast
     single = similarity_features(retrieved, history, torch.tensor([1]), (0.0, 1.0))
     assert single[0, 0] == 0.0  # one valid row: nothing to tell apart
+    for length in (0, 1, 3):  # gradients stay finite, also where the spread is zero
+        leaf = retrieved.clone().requires_grad_(True)
+        similarity_features(leaf, history, torch.tensor([length]), (0.0, 1.0)).sum().backward()
+        assert torch.isfinite(leaf.grad).all(), length
 
 
 def test_features_select_and_order_the_parts():
@@ -236,7 +240,11 @@ def test_ppo_update_changes_the_memory(tmp_path):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_learns_on_every_easy_env(family, algo):
     env = make_env(f"ebmm/{family}-Easy-v0")  # ImageRecall: obs_type="vector", the default
-    kwargs = PPO_TINY if algo is PPO else dict(n_steps=8, seed=0, policy_kwargs=POLICY)
+    policy = POLICY
+    if family == "ImageRecall":  # agents.train's parts there: similarities (gradients through the z-score), ...
+        extra = dict(features=("similarities", "energies", "phase"))
+        policy = {**POLICY, "features_extractor_kwargs": {**TINY, **extra}}
+    kwargs = dict(PPO_TINY, policy_kwargs=policy) if algo is PPO else dict(n_steps=8, seed=0, policy_kwargs=policy)
     model = algo("MultiInputPolicy", env, **kwargs)
     model.learn(64)
     obs, _ = env.reset(seed=0)

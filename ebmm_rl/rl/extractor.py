@@ -474,7 +474,8 @@ def similarity_features(retrieved: Tensor, history: Tensor, lengths: Tensor, dat
     count = valid.sum(dim=1, keepdim=True).clamp(min=1)  # [B, 1]
     mean = torch.where(valid, sim, 0.0).sum(dim=1, keepdim=True) / count
     var = torch.where(valid, (sim - mean).pow(2), 0.0).sum(dim=1, keepdim=True) / count
-    z = (sim - mean) / (var.sqrt() + 1e-6)
+    std = var.clamp(min=1e-12).sqrt()  # clamped: sqrt has an infinite gradient at 0 (one valid row, equal rows)
+    z = (sim - mean) / (std + 1e-6)
     return torch.where(valid, z, torch.full_like(sim, -(L**0.5)))
 
 
