@@ -124,18 +124,18 @@ def test_features_do_not_depend_on_the_minibatch():
 def test_similarities_are_standardised_over_the_valid_rows():
     history = torch.tensor([[[0.0, 0.0], [1.0, 1.0], [0.5, 0.0], [9.0, 9.0]]])  # [1, L=4, D=2]; row 3 is padding
     retrieved = torch.tensor([[0.9, 1.0]])  # nearest to row 1
-    z = similarity_features(retrieved, history, torch.tensor([3]), (0.0, 1.0))
+    z = similarity_features(retrieved, history, torch.tensor([3]))
     assert z.shape == (1, 4) and int(z[0, :3].argmax()) == 1
     torch.testing.assert_close(z[0, :3].mean(), torch.tensor(0.0), atol=1e-5, rtol=0)
     torch.testing.assert_close(z[0, :3].var(unbiased=False), torch.tensor(1.0), atol=1e-4, rtol=0)
     assert z[0, 3] == -2.0 and (z[0, 3] < z[0, :3]).all()  # padding: -sqrt(L), below every valid row
-    scaled = similarity_features(0.5 * retrieved, 0.5 * history, torch.tensor([3]), (0.0, 1.0))
+    scaled = similarity_features(0.5 * retrieved, 0.5 * history, torch.tensor([3]))
     torch.testing.assert_close(scaled, z)  # the scores do not depend on the images' contrast
-    single = similarity_features(retrieved, history, torch.tensor([1]), (0.0, 1.0))
+    single = similarity_features(retrieved, history, torch.tensor([1]))
     assert single[0, 0] == 0.0  # one valid row: nothing to tell apart
     for length in (0, 1, 3):  # gradients stay finite, also where the spread is zero
         leaf = retrieved.clone().requires_grad_(True)
-        similarity_features(leaf, history, torch.tensor([length]), (0.0, 1.0)).sum().backward()
+        similarity_features(leaf, history, torch.tensor([length])).sum().backward()
         assert torch.isfinite(leaf.grad).all(), length
 
 

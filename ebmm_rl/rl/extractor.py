@@ -136,9 +136,9 @@ class EBMMExtractor(HistoryFeaturesExtractor):
       familiar: paper §4.4);
     * ``query``: ``[D]`` the current pattern;
     * ``phase``: one-hot, if the observation has a ``"phase"`` key;
-    * ``similarities`` (only with ``similarities=True``): ``[L]`` the negative mean squared distance between the
-      retrieved pattern and each stored pattern (padding rows get the lowest possible value), i.e. *which*
-      stored pattern was recalled, for tasks that ask for its position (``ImageRecall``).
+    * ``similarities`` (only with ``similarities=True``): ``[L]`` how close the retrieved pattern is to each stored
+      pattern, z-scored over the episode's rows (:func:`similarity_features`), i.e. *which* stored pattern was
+      recalled, for tasks that ask for its position (``ImageRecall``).
 
     ``features`` selects and orders the parts instead (e.g. ``("similarities", "energies", "phase")``: a task
     whose answer is a position needs neither image, and a linear head learns far faster without hundreds of
@@ -265,7 +265,7 @@ class EBMMExtractor(HistoryFeaturesExtractor):
             "energies": lambda: self.memory.energies(result.iterates[[0, -1]], state)[:, :, 0].T,
             "query": lambda: query,
             "phase": lambda: obs["phase"].reshape(query.shape[0], -1),  # [B, 3] one-hot
-            "similarities": lambda: similarity_features(retrieved, history, lengths, self.memory.config.data_range),
+            "similarities": lambda: similarity_features(retrieved, history, lengths),
         }
         return torch.cat([parts[name]() for name in self.features], dim=1)
 
@@ -448,7 +448,7 @@ def feature_parts(
     return chosen
 
 
-def similarity_features(retrieved: Tensor, history: Tensor, lengths: Tensor, data_range: tuple[float, float]) -> Tensor:
+def similarity_features(retrieved: Tensor, history: Tensor, lengths: Tensor) -> Tensor:
     """Which stored row was recalled: how close the retrieved pattern is to each row, standardised per episode.
 
     The similarity to a row is the negative mean squared distance, ``-mean_d (retrieved_d - row_d)^2``; each
@@ -462,12 +462,10 @@ def similarity_features(retrieved: Tensor, history: Tensor, lengths: Tensor, dat
         retrieved: ``[B, D]`` retrieved patterns.
         history: ``[B, L, D]`` stored rows, padded.
         lengths: ``[B]`` valid rows of each history.
-        data_range: ``(lo, hi)`` of the patterns (unused by the standardised scores; kept for a uniform signature).
 
     Returns:
         ``[B, L]``.
     """
-    del data_range
     L = history.shape[1]
     sim = -(retrieved.unsqueeze(1) - history).pow(2).mean(dim=2)  # [B, L]
     valid = torch.arange(L, device=history.device) < lengths.unsqueeze(1)  # [B, L]

@@ -96,9 +96,8 @@ class MemoryExtractor(HistoryFeaturesExtractor):
     * ``retrieved``: ``[D]`` the pattern recalled from the memory with the query;
     * ``query``: ``[D]`` the current pattern;
     * ``phase``: one-hot, if the observation has a ``"phase"`` key;
-    * ``similarities`` (only with ``similarities=True``): ``[L]`` the negative mean squared distance between the
-      retrieved pattern and each stored pattern (padding rows get the lowest possible value), as in
-      :class:`~ebmm_rl.rl.EBMMExtractor`.
+    * ``similarities`` (only with ``similarities=True``): ``[L]`` how close the retrieved pattern is to each stored
+      pattern, z-scored over the episode's rows, as in :class:`~ebmm_rl.rl.EBMMExtractor`.
 
     ``features`` selects and orders the parts instead, as in :class:`~ebmm_rl.rl.EBMMExtractor` (there is no
     ``energies`` part). The result is passed through an optional ReLU MLP (``net_arch``).
@@ -200,7 +199,7 @@ class MemoryExtractor(HistoryFeaturesExtractor):
             "retrieved": lambda: retrieved,
             "query": lambda: query,
             "phase": lambda: obs["phase"].reshape(query.shape[0], -1),  # [B, 3] one-hot
-            "similarities": lambda: similarity_features(retrieved, history, lengths, self.data_range),
+            "similarities": lambda: similarity_features(retrieved, history, lengths),
         }
         return torch.cat([parts[name]() for name in self.features], dim=1)
 
