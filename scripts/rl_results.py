@@ -22,6 +22,7 @@ env (``--meta-dir``/``env__<Family>-<Level>-v0__0/best.pt``, meta-trained on the
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -29,7 +30,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -82,7 +83,7 @@ class Args:
     """PPO minibatch size of every agent (default: agents.train's, 64)"""
     n_envs: int | None = None
     """parallel environments of every agent (default: agents.train's, 1)"""
-    vec_env: str | None = None
+    vec_env: Literal["auto", "dummy", "subproc"] | None = None
     """agents.train's --vec-env of every agent (``dummy`` runs the envs in one process: the memory agents then write
     and read all envs' memories in one batch)"""
     meta_dir: str = "runs"
@@ -167,8 +168,12 @@ def run_one(
     )
 
 
+@functools.cache
 def reference_returns(env_id: str, episodes: int, seed: int = 10_000) -> tuple[float, float, float]:
-    """``(chance, max, oracle)``: the env's exact chance and maximum returns and the oracle's mean return."""
+    """``(chance, max, oracle)``: the env's exact chance and maximum returns and the oracle's mean return.
+
+    Deterministic for its arguments, so it is cached: the table and the plot share one oracle run per env.
+    """
     env = gym.make(env_id)
     base = env.unwrapped
     env.action_space.seed(seed)
