@@ -12,15 +12,34 @@ from ebmm_rl.checkpoint import load_memory, save_memory
 from ebmm_rl.memory import EBMMConfig, EBMMemory, MemoryState, MetaOutput, ReadResult
 
 if TYPE_CHECKING:
-    from ebmm_rl.rl import EBMMExtractor, EpisodeMemoryWrapper, MemoryExtractor, MultiBinaryToMultiDiscrete
+    from ebmm_rl.rl import (
+        EBMMExtractor,
+        EBMMPolicy,
+        EBMMRecurrentPolicy,
+        EpisodeMemoryWrapper,
+        MemoryExtractor,
+        MultiBinaryToMultiDiscrete,
+        RowObservation,
+    )
 
-_LAZY = ("EBMMExtractor", "EpisodeMemoryWrapper", "MemoryExtractor", "MultiBinaryToMultiDiscrete")
+_LAZY = (
+    "EBMMExtractor",
+    "EBMMPolicy",
+    "EBMMRecurrentPolicy",
+    "EpisodeMemoryWrapper",
+    "MemoryExtractor",
+    "MultiBinaryToMultiDiscrete",
+    "RowObservation",
+)
 __all__ = [
     "EBMMConfig",
     "EBMMemory",
     "EBMMExtractor",
+    "EBMMPolicy",
+    "EBMMRecurrentPolicy",
     "EpisodeMemoryWrapper",
     "MemoryExtractor",
+    "RowObservation",
     "MemoryState",
     "MetaOutput",
     "MultiBinaryToMultiDiscrete",

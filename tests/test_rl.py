@@ -84,11 +84,11 @@ def test_wrapper_maps_uint8_images_into_the_unit_box():
 
 
 def test_wrapper_rejects_overflow_and_bad_spaces():
-    env = EpisodeMemoryWrapper(gym.make("ebmm/BinaryRecall-Easy-v0"), max_patterns=1)
+    env = EpisodeMemoryWrapper(gym.make("ebmm/BinaryRecall-Easy-v0"), max_patterns=1, overflow="error")
     with pytest.raises(ValueError, match="larger max_patterns"):
         collect(env, 3)
     with pytest.raises(ValueError, match="'pattern' and 'phase'"):
-        EpisodeMemoryWrapper(gym.make("CartPole-v1"), max_patterns=4)
+        EpisodeMemoryWrapper(gym.make("CartPole-v1"), max_patterns=4, protocol="probe")
 
 
 def test_multibinary_to_multidiscrete():

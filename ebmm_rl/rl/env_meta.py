@@ -89,7 +89,9 @@ class EnvRecallSampler:
     ) -> None:
         import envs  # noqa: F401  registers the ids
 
-        self.env = EpisodeMemoryWrapper(gym.make(env_id, **(env_kwargs or {})), write_phases=write_phases)
+        self.env = EpisodeMemoryWrapper(
+            gym.make(env_id, **(env_kwargs or {})), write_phases=write_phases, protocol="probe"
+        )
         self.family = type(self.env.unwrapped).__name__
         if self.family not in _FAMILIES:
             raise ValueError(

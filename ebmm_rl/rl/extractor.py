@@ -1,14 +1,16 @@
 """``EBMMExtractor``: an EBMM episodic memory as a Stable-Baselines3 features extractor.
 
-Recipe::
+Recipe (any environment; the ``ebmm/...`` probes too)::
 
-    env = EpisodeMemoryWrapper(gym.make("ebmm/BinaryRecall-Easy-v0"))
+    env = EpisodeMemoryWrapper(gym.make("CartPole-v1"), max_patterns=32)
     model = PPO("MultiInputPolicy", env, policy_kwargs=dict(features_extractor_class=EBMMExtractor))
 
-For every observation the extractor writes the episode's stored patterns (``"history"``, added by
-:class:`~ebmm_rl.rl.wrappers.EpisodeMemoryWrapper`) into a fresh memory, reads with the current pattern
-(``"query"``) and returns features built from what it retrieved. The features are a function of the observation
-alone, as SB3 requires: PPO/A2C re-evaluate stored observations in shuffled minibatches.
+For every observation the extractor encodes the episode's stored rows (``"history"``, added by
+:class:`~ebmm_rl.rl.wrappers.EpisodeMemoryWrapper`) into patterns (:mod:`ebmm_rl.rl.encoders`), writes them into a
+fresh memory, reads with the encoded current row (``"query"``) and returns features built from what it retrieved.
+The features are a function of the observation alone, as SB3 requires: PPO/A2C re-evaluate stored observations in
+shuffled minibatches. Inside ``EBMMRecurrentPolicy`` (``recurrent=True``) the extractor instead takes the raw
+observation, and the policy carries the memory from step to step.
 
 Cost. With gradients enabled (PPO/A2C updates) the whole history is written from scratch, chunk by chunk, so
 that gradients reach the memory's meta-parameters. Without gradients (rollout collection, evaluation,
@@ -36,9 +38,12 @@ from torch import Tensor, nn
 
 from ebmm_rl.checkpoint import load_memory
 from ebmm_rl.energy.mlp import MLPConfig, MLPEnergy
-from ebmm_rl.memory import EBMMConfig, EBMMemory, MemoryState
+from ebmm_rl.memory import EBMMConfig, EBMMemory, MemoryState, stepwise_loss
+from ebmm_rl.rl.encoders import DEFAULT_PATTERN_SIZE, RowEncoder
+from ebmm_rl.rl.rows import RowLayout, RowsBox
 
 __all__ = [
+    "inject_loss",
     "DEFAULT_RL_EBMM_CONFIG",
     "DEFAULT_RL_ENERGY",
     "EBMMExtractor",
@@ -63,35 +68,71 @@ _Key = tuple[int, bytes]  # (number of patterns written, digest of those pattern
 
 
 class HistoryFeaturesExtractor(BaseFeaturesExtractor):
-    """What every memory extractor shares: the wrapper's space, the feature parts, the head, ``forward``, ``apply``.
+    """What every memory extractor shares: the observation space, the feature parts, the head, ``forward``, ``apply``.
+
+    Two modes, from the observation space:
+
+    * ``"history"``: the ``Dict`` space of :class:`~ebmm_rl.rl.wrappers.EpisodeMemoryWrapper` (``history``,
+      ``history_len``, ``query``): every observation carries its episode's rows.
+    * ``"rows"`` (``recurrent=True`` and any other space of :data:`~ebmm_rl.rl.rows.SUPPORTED_SPACES`): an
+      observation is one step, made into a row by :attr:`row_layout`; a recurrent policy carries the memory.
 
     A subclass builds its memory, then calls :meth:`_build_head`, and implements ``_raw_features(obs) -> [B, F]``
     (the chosen parts, concatenated in :attr:`features` order). ``PARTS`` lists the part names it can compute.
 
     Args:
-        observation_space: a ``Dict`` space made by :class:`~ebmm_rl.rl.wrappers.EpisodeMemoryWrapper`.
+        observation_space: see the modes.
         similarities: add the ``similarities`` part to the default parts.
         features: the parts to use, in order, from ``PARTS`` (default: every part but ``similarities``).
+        recurrent: set by a recurrent policy: accept raw observation spaces (``"rows"`` mode).
+
+    Attributes:
+        mode: ``"history"`` or ``"rows"``.
+        row_size: ``D``, entries of a row; ``row_range``: the box rows lie in.
+        layout: the :class:`~ebmm_rl.rl.rows.RowLayout` of the rows' parts (``None`` for a probe's patterns).
+        max_patterns: ``L``, rows of ``"history"`` (0 in ``"rows"`` mode).
+        pattern_size, data_range: what the memory stores (the rows themselves unless a subclass encodes them).
     """
 
     PARTS: tuple[str, ...] = FEATURE_PARTS
 
     def __init__(
-        self, observation_space: spaces.Space, similarities: bool = False, features: Sequence[str] | None = None
+        self,
+        observation_space: spaces.Space,
+        similarities: bool = False,
+        features: Sequence[str] | None = None,
+        recurrent: bool = False,
     ) -> None:
-        _check_space(observation_space, owner=type(self).__name__)
+        owner = type(self).__name__
+        is_history = isinstance(observation_space, spaces.Dict) and "history" in observation_space.spaces
+        if not recurrent or is_history:
+            _check_space(observation_space, owner=owner)
         super().__init__(observation_space, features_dim=1)  # the real size is found by _build_head's dry pass
-        history_space = observation_space["history"]
-        self.max_patterns, self.pattern_size = (int(n) for n in history_space.shape)
-        self.data_range = (float(np.min(history_space.low)), float(np.max(history_space.high)))
-        has_phase = isinstance(observation_space.spaces.get("phase"), spaces.Discrete)
-        self.features = feature_parts(features, similarities, has_phase, self.PARTS, type(self).__name__)
+        self.mode = "history" if is_history else "rows"
+        self.row_layout: RowLayout | None = None
+        if self.mode == "history":
+            history_space = observation_space["history"]
+            self.max_patterns, self.row_size = (int(n) for n in history_space.shape)
+            self.row_range = (float(np.min(history_space.low)), float(np.max(history_space.high)))
+            self.layout = history_space.layout if isinstance(history_space, RowsBox) else None
+            has_phase = isinstance(observation_space.spaces.get("phase"), spaces.Discrete)
+        else:
+            self.row_layout = RowLayout(observation_space)  # rows of a RowObservation space are the obs itself
+            self.layout = observation_space.layout if isinstance(observation_space, RowsBox) else self.row_layout
+            self.max_patterns, self.row_size = 0, self.row_layout.size
+            self.row_range = self.row_layout.data_range
+            has_phase = False
+            if similarities or (features is not None and "similarities" in features):
+                raise ValueError(f"{owner}: 'similarities' compares with the stored rows, which only the "
+                                 "EpisodeMemoryWrapper route has; drop it on the recurrent route")  # fmt: skip
+        self.pattern_size, self.data_range = self.row_size, self.row_range
+        self.features = feature_parts(features, similarities, has_phase, self.PARTS, owner)
         self.head: nn.Module = nn.Identity()
 
-    def _build_head(self, observation_space: spaces.Dict, net_arch: Sequence[int]) -> None:
+    def _build_head(self, observation_space: spaces.Space, net_arch: Sequence[int]) -> None:
         """Size the raw features by a dry pass on an empty history, then add the ReLU MLP ``net_arch`` on top."""
         with torch.no_grad():
-            size = self._raw_features(_dummy_observation(observation_space)).shape[1]
+            size = self._dry_features(observation_space).shape[1]
         layers: list[nn.Module] = []
         for width in net_arch:
             layers += [nn.Linear(size, int(width)), nn.ReLU()]
@@ -99,6 +140,9 @@ class HistoryFeaturesExtractor(BaseFeaturesExtractor):
         if layers:
             self.head = nn.Sequential(*layers)
         self._features_dim = size
+
+    def _dry_features(self, observation_space: spaces.Space) -> Tensor:
+        return self._raw_features(_dummy_observation(observation_space))
 
     def _raw_features(self, obs: dict[str, Tensor]) -> Tensor:
         raise NotImplementedError
@@ -110,11 +154,20 @@ class HistoryFeaturesExtractor(BaseFeaturesExtractor):
             observations: ``history: [B, L, D]``, ``history_len: [B, L + 1]`` (one-hot; ``[B, 1, L + 1]`` from a
                 rollout buffer) or ``[B]``/``[B, 1]``, ``query: [B, D]``, ``phase: [B, 3]`` (one-hot), other keys
                 ignored.
+
+        Raises:
+            ValueError: in ``"rows"`` mode (only a recurrent policy can use the extractor then).
         """
+        if self.mode == "rows":
+            raise ValueError(
+                f"{type(self).__name__} got a raw observation space: a stateless policy (PPO, A2C) needs the episode's "
+                "rows in the observation: wrap the env with ebmm_rl.EpisodeMemoryWrapper, or train "
+                "RecurrentPPO(EBMMRecurrentPolicy, env), which carries the memory itself"
+            )
         return self.head(self._raw_features(observations))
 
     def apply(self, fn) -> HistoryFeaturesExtractor:  # noqa: ANN001
-        """Apply ``fn`` to the head only: the memory keeps its own initialisation.
+        """Apply ``fn`` to the head (and a learned encoder) only: the memory keeps its own initialisation.
 
         SB3's ``ActorCriticPolicy`` (``ortho_init=True``, the default) re-initialises every ``nn.Linear`` of the
         features extractor orthogonally through ``apply``; that would overwrite a meta-trained memory loaded from a
@@ -122,46 +175,70 @@ class HistoryFeaturesExtractor(BaseFeaturesExtractor):
         attention maps, plasticity's wiring).
         """
         self.head.apply(fn)
+        encoder = getattr(self, "encoder", None)
+        if isinstance(encoder, nn.Module) and not getattr(self, "_encoder_from_checkpoint", False):
+            encoder.apply(fn)
         fn(self)
         return self
 
 
 class EBMMExtractor(HistoryFeaturesExtractor):
-    """Writes each observation's episode history into an EBMM and reads with the current pattern.
+    """Writes each observation's episode rows into an EBMM and reads with the current row.
 
-    Features (``D`` = pattern size, ``L`` = ``max_patterns`` of the wrapper), concatenated in this order:
+    Each row is first encoded into a pattern (``encoder``, :mod:`ebmm_rl.rl.encoders`; ``P`` = pattern size):
+    identity for small rows and the ``ebmm/...`` probes' patterns, ``tanh(linear)`` for larger rows, a small CNN
+    for rows that hold an image. The RL loss trains the encoder (through the memory's write and read) and, unless
+    ``freeze_memory=True``, the memory's meta-parameters.
 
-    * ``retrieved``: ``[D]`` the pattern retrieved from the memory with the query (the last read iterate);
+    Features (``L`` = ``max_patterns`` of the wrapper), concatenated in this order:
+
+    * ``retrieved``: ``[P]`` the pattern retrieved from the memory with the encoded query (the last read iterate);
     * ``energies``: ``[2]`` the energy of the query and the energy of the retrieved pattern (low energy =
       familiar: paper §4.4);
-    * ``query``: ``[D]`` the current pattern;
+    * ``query``: ``[P]`` the encoded current row;
     * ``phase``: one-hot, if the observation has a ``"phase"`` key;
     * ``similarities`` (only with ``similarities=True``): ``[L]`` how close the retrieved pattern is to each stored
       pattern, z-scored over the episode's rows (:func:`similarity_features`), i.e. *which* stored pattern was
-      recalled, for tasks that ask for its position (``ImageRecall``).
+      recalled, for tasks that ask for its position (``ImageRecall``). It costs ``O(L · P)`` per observation.
 
     ``features`` selects and orders the parts instead (e.g. ``("similarities", "energies", "phase")``: a task
     whose answer is a position needs neither image, and a linear head learns far faster without hundreds of
     pixel inputs that carry no answer). The result is passed through an optional MLP (``net_arch``).
 
+    Auxiliary loss (``aux_coef > 0``): in every update the paper's own objective is added to the RL loss, with
+    weight ``aux_coef``: one stored pattern per observation is read back from a distorted version of itself (half
+    of its entries clamped as known, the rest replaced by uniform noise in the data range) and the step-wise
+    reconstruction loss (App. B.4) trains the memory. Targets are detached from the encoder (the loss would
+    otherwise pull all patterns together). Its last value is :attr:`last_aux_loss` (TensorBoard ``memory/aux_loss``
+    through :class:`~ebmm_rl.rl.callbacks.MemoryLoggerCallback`).
+
     Args:
-        observation_space: a ``Dict`` space made by :class:`~ebmm_rl.rl.wrappers.EpisodeMemoryWrapper`.
-        memory: the memory to use: an :class:`EBMMemory` over patterns of shape ``(D,)``, or the path of a
-            meta-training checkpoint (``ebmm_rl.checkpoint.load_memory``; the path must still exist when a saved
-            model is loaded). ``None`` builds a fresh :class:`MLPEnergy` memory from ``energy`` and ``ebmm``.
+        observation_space: a ``Dict`` space made by :class:`~ebmm_rl.rl.wrappers.EpisodeMemoryWrapper` (or, with
+            ``recurrent=True``, set by ``EBMMRecurrentPolicy``, any supported raw space).
+        memory: the memory to use: an :class:`EBMMemory` over flat patterns of size ``P``, or the path of a
+            meta-training checkpoint (``ebmm_rl.checkpoint.load_memory``). Pass ``load_memory(path)`` (an object)
+            rather than the path when the model is to be saved: the object travels inside ``model.zip``, the path
+            must still exist when the model is loaded. ``None`` builds a fresh :class:`MLPEnergy` memory from
+            ``energy`` and ``ebmm``.
         energy: :class:`MLPConfig` fields (except ``input_size``) of a fresh memory, overriding
             :data:`DEFAULT_RL_ENERGY`.
         ebmm: :class:`EBMMConfig` fields of a fresh memory, overriding :data:`DEFAULT_RL_EBMM_CONFIG`;
-            ``data_range`` is always the wrapper's.
+            ``data_range`` is always the encoder's.
+        encoder: ``"auto"``, ``"identity"``, ``"linear"``, ``"cnn"`` or a module mapping rows ``[..., D]`` to
+            patterns ``[..., P]`` with attributes ``pattern_size`` and ``data_range`` (a :class:`RowEncoder`).
+            ``"auto"`` with a given ``memory`` is ``"identity"`` when the memory takes rows of size ``D``.
+        pattern_size: ``P`` of a learned encoder.
         chunk_size: patterns written per chunk (``T`` write steps each); 1 = one pattern per env step (online
             writing), ``>= max_patterns`` = the whole history at once (batch writing, as in the paper).
         freeze_memory: set ``requires_grad=False`` on every parameter of the memory (the RL loss then does not
-            change it; writing and reading also skip the higher-order graph, which is much cheaper).
+            change it; with an identity encoder, writing and reading also skip the higher-order graph).
         net_arch: hidden sizes of a ReLU MLP on top of the features; empty = the raw features.
         similarities: add the ``similarities`` features (see above).
         features: the parts to use, in order, from :data:`FEATURE_PARTS`; default: ``retrieved``, ``energies``,
             ``query``, ``phase`` (if the space has one), then ``similarities`` if ``similarities=True``.
         cache_size: written memories (one per history prefix) kept for gradient-free calls; 0 disables the cache.
+        aux_coef: weight of the auxiliary reconstruction loss (0: none).
+        recurrent: set by ``EBMMRecurrentPolicy`` (raw observations; the policy carries the memory).
 
     Raises:
         ValueError: the observation space lacks the wrapper's keys, or the memory does not fit the patterns.
@@ -173,19 +250,33 @@ class EBMMExtractor(HistoryFeaturesExtractor):
         memory: EBMMemory | str | os.PathLike | None = None,
         energy: dict[str, Any] | None = None,
         ebmm: dict[str, Any] | None = None,
+        encoder: str | nn.Module = "auto",
+        pattern_size: int = DEFAULT_PATTERN_SIZE,
         chunk_size: int = 1,
         freeze_memory: bool = False,
         net_arch: Sequence[int] = (),
         similarities: bool = False,
         features: Sequence[str] | None = None,
         cache_size: int = 4096,
+        aux_coef: float = 0.0,
+        recurrent: bool = False,
     ) -> None:
-        super().__init__(observation_space, similarities, features)
+        super().__init__(observation_space, similarities, features, recurrent)
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1 (1 = one pattern per env step), got {chunk_size}")
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be >= 0 (0 disables the cache), got {cache_size}")
+        if not (np.isfinite(aux_coef) and aux_coef >= 0):
+            raise ValueError(f"aux_coef must be a finite number >= 0, got {aux_coef}")
         self.chunk_size = int(chunk_size)
         self.cache_size = int(cache_size)
+        self.aux_coef = float(aux_coef)
 
+        if isinstance(memory, str | os.PathLike):
+            memory = load_memory(memory)
+        self.encoder = self._build_encoder(encoder, pattern_size, memory)
+        self.pattern_size = int(self.encoder.pattern_size)
+        self.data_range = tuple(float(v) for v in self.encoder.data_range)
         self.memory = self._build_memory(memory, energy, ebmm, self.data_range)
         if freeze_memory:
             self.memory.requires_grad_(False)
@@ -194,119 +285,212 @@ class EBMMExtractor(HistoryFeaturesExtractor):
         self._cache_version: tuple[tuple[int, int], ...] | None = None
         self.cache_hits = 0
         """Rows whose memory came from the cache (whole or as a prefix), since construction."""
+        self.cache_lookups = 0
+        """Rows looked up in the cache, since construction."""
         self.patterns_written = 0
         """Patterns written by gradient-free calls (the cached path), since construction."""
+        self.last_aux_loss: float | None = None
+        """The auxiliary reconstruction loss of the last update batch (``aux_coef > 0``)."""
         self._build_head(observation_space, net_arch)
         self._cache.clear()
 
     # --------------------------------------------------------------------------------------------- building
+    def _build_encoder(self, encoder: str | nn.Module, pattern_size: int, memory: EBMMemory | None) -> nn.Module:
+        if isinstance(encoder, nn.Module):
+            for attr in ("pattern_size", "data_range"):
+                if not hasattr(encoder, attr):
+                    raise ValueError(f"an encoder module needs a {attr!r} attribute (see ebmm_rl.rl.RowEncoder)")
+            if isinstance(encoder, RowEncoder) and encoder.row_size != self.row_size:
+                raise ValueError(
+                    f"the encoder takes rows of {encoder.row_size} entries but this observation space gives rows "
+                    f"of {self.row_size}: the environment does not match the one the encoder was built for"
+                )
+            self._encoder_from_checkpoint = True
+            return encoder
+        if not isinstance(encoder, str):
+            raise ValueError(f"encoder must be a kind name or an nn.Module, got {encoder!r}")
+        if encoder == "auto" and (self.layout is None or isinstance(memory, EBMMemory)):
+            # A probe's patterns are the task itself; a given memory decides the pattern size (identity if it fits).
+            if memory is None or tuple(memory.data_shape) == (self.row_size,):
+                encoder = "identity"
+        self._encoder_from_checkpoint = False
+        return RowEncoder(encoder, self.row_size, self.row_range, self.layout, pattern_size)
+
     def _build_memory(
         self,
-        memory: EBMMemory | str | os.PathLike | None,
+        memory: EBMMemory | None,
         energy: dict[str, Any] | None,
         ebmm: dict[str, Any] | None,
         data_range: tuple[float, float],
     ) -> EBMMemory:
-        D = self.pattern_size
+        P = self.pattern_size
         if memory is None:
-            energy_config = MLPConfig(input_size=D, **{**DEFAULT_RL_ENERGY, **(energy or {})})
+            energy_config = MLPConfig(input_size=P, **{**DEFAULT_RL_ENERGY, **(energy or {})})
             config = dataclasses.replace(DEFAULT_RL_EBMM_CONFIG, **{**(ebmm or {}), "data_range": data_range})
             return EBMMemory(MLPEnergy(energy_config), config)
         if energy or ebmm:
             raise ValueError("energy and ebmm configure a fresh memory; they cannot be combined with memory=...")
-        if isinstance(memory, str | os.PathLike):
-            memory = load_memory(memory)
         if not isinstance(memory, EBMMemory):
             raise ValueError(f"memory must be an EBMMemory, a checkpoint path or None, got {type(memory).__name__}")
-        if tuple(memory.data_shape) != (D,):
+        if tuple(memory.data_shape) != (P,):
             raise ValueError(
-                f"the memory stores patterns of shape {tuple(memory.data_shape)} but the observation's history rows "
-                f"have shape ({D},); use a memory whose energy takes flat patterns of size {D}"
+                f"the memory stores patterns of shape {tuple(memory.data_shape)} but the encoded rows have shape "
+                f"({P},) (rows of {self.row_size} entries, encoder {getattr(self.encoder, 'kind', 'custom')}); use a "
+                f"memory whose energy takes flat patterns of size {P}, or the encoder it was meta-trained with"
             )
         if tuple(memory.config.data_range) != data_range:
             raise ValueError(
-                f"the memory reads in data_range {memory.config.data_range} but the observation's patterns lie in "
+                f"the memory reads in data_range {memory.config.data_range} but the patterns lie in "
                 f"{data_range}; wrap the env with EpisodeMemoryWrapper(env, data_range={memory.config.data_range})"
             )
         return memory
 
     # ---------------------------------------------------------------------------------------------- forward
+    def _dry_features(self, observation_space: spaces.Space) -> Tensor:
+        if self.mode == "history":
+            return super()._dry_features(observation_space)
+        rows = self.rows(_raw_sample(observation_space))  # [1, D]
+        patterns = self.encode(rows)
+        return self.read_features(patterns, self.memory.initial_state(1))
+
+    def rows(self, observations: Tensor | dict[str, Tensor]) -> Tensor:
+        """``"rows"`` mode: ``[n, D]`` rows of a batch of raw (not preprocessed) observations."""
+        assert self.row_layout is not None
+        return self.row_layout.torch_rows(observations)
+
+    def encode(self, rows: Tensor) -> Tensor:
+        """``rows: [..., D]`` -> patterns ``[..., P]`` in the memory's data range."""
+        return self.encoder(rows)
+
     def _raw_features(self, obs: dict[str, Tensor]) -> Tensor:
         history = obs["history"]  # [B, L, D]
         lengths = _lengths(obs["history_len"], self.max_patterns)  # [B]
         create_graph = self.needs_graph()
         if create_graph or self.cache_size == 0:
-            state = self.write(history, lengths, create_graph=create_graph)
+            patterns = self.encode(history)  # [B, L, P]
+            state = self.write(patterns, lengths, create_graph=create_graph)
         else:
+            patterns = None
             state = self.write_cached(history, lengths)
-        return self.read_features(obs, state, lengths)
+        query = self.encode(obs["query"])  # [B, P]
+        phase = obs["phase"].reshape(query.shape[0], -1) if "phase" in self.features else None
+        if "similarities" in self.features and patterns is None:
+            with torch.no_grad():
+                patterns = self.encode(history)
+        features = self.read_features(query, state, phase, patterns, lengths)
+        if self.aux_coef > 0 and create_graph:
+            if patterns is None:
+                patterns = self.encode(history)
+            valid = torch.arange(history.shape[1], device=history.device) < lengths.unsqueeze(1)  # [B, L]
+            loss = self.aux_loss(patterns, valid, state)
+            if loss is not None:
+                features = inject_loss(features, loss, self.aux_coef)
+        return features
 
     def needs_graph(self) -> bool:
-        """Whether writes and reads must keep the graph: gradients are on and the memory is trainable."""
-        return torch.is_grad_enabled() and any(p.requires_grad for p in self.memory.parameters())
+        """Whether writes and reads must keep the graph: gradients are on and the memory or encoder is trainable."""
+        return torch.is_grad_enabled() and any(p.requires_grad for p in self._graph_parameters())
 
-    def read_features(self, obs: dict[str, Tensor], state: MemoryState, lengths: Tensor) -> Tensor:
-        """Read with ``obs["query"]`` from the written ``state`` and assemble the raw features (before the head).
+    def _graph_parameters(self) -> list[nn.Parameter]:
+        return [*self.memory.parameters(), *self.encoder.parameters()]
+
+    def read_features(
+        self,
+        query: Tensor,
+        state: MemoryState,
+        phase: Tensor | None = None,
+        patterns: Tensor | None = None,
+        lengths: Tensor | None = None,
+    ) -> Tensor:
+        """Read with the encoded ``query`` from the written ``state`` and assemble the raw features (before the head).
 
         Args:
-            obs: preprocessed observations (see :meth:`forward`), ``B`` rows.
-            state: the memory of each row (``B`` episodes), holding ``history[:lengths]``.
-            lengths: ``[B]`` valid rows of each ``obs["history"]``.
+            query: ``[B, P]`` encoded current rows.
+            state: the memory of each row (``B`` episodes).
+            phase: ``[B, 3]`` one-hot phase, if ``"phase"`` is a feature part.
+            patterns: ``[B, L, P]`` the stored patterns, if ``"similarities"`` is a feature part.
+            lengths: ``[B]`` valid rows of ``patterns``.
 
         Returns:
             ``[B, raw features]``.
         """
-        history, query = obs["history"], obs["query"]  # [B, L, D], [B, D]
         result = self.memory.read(query.unsqueeze(1), state, create_graph=self.needs_graph())
-        retrieved = result.retrieved[:, 0]  # [B, D]
+        retrieved = result.retrieved[:, 0]  # [B, P]
         parts = {
             "retrieved": lambda: retrieved,
             # [B, 2]: E(query), E(retrieved)
             "energies": lambda: self.memory.energies(result.iterates[[0, -1]], state)[:, :, 0].T,
             "query": lambda: query,
-            "phase": lambda: obs["phase"].reshape(query.shape[0], -1),  # [B, 3] one-hot
-            "similarities": lambda: similarity_features(retrieved, history, lengths),
+            "phase": lambda: phase,
+            "similarities": lambda: similarity_features(retrieved, patterns, lengths),
         }
         return torch.cat([parts[name]() for name in self.features], dim=1)
 
-    def write(self, history: Tensor, lengths: Tensor, create_graph: bool | None = None) -> MemoryState:
-        """Write each episode's history from scratch (``θ̄``), chunk by chunk: the reference path.
+    def aux_loss(self, patterns: Tensor, valid: Tensor, state: MemoryState) -> Tensor | None:
+        """The auxiliary reconstruction loss: read one stored pattern per episode back from a distorted copy.
 
         Args:
-            history: ``[B, L, D]`` stored patterns, padded.
+            patterns: ``[B, L, P]`` stored patterns (detached here: the loss trains the memory, not the encoder).
+            valid: ``[B, L]`` which of them are stored in ``state``.
+            state: the memories holding them.
+
+        Returns:
+            The step-wise loss (App. B.4) averaged over the episodes that store anything, or ``None`` if none does.
+        """
+        has = valid.any(dim=1)  # [B]
+        if not bool(has.any()):
+            return None
+        # One stored row per episode, uniformly among its valid ones.
+        pick = torch.multinomial(valid[has].float(), 1)[:, 0]  # [B']
+        target = patterns.detach()[has, pick].unsqueeze(1)  # [B', 1, P]
+        sub = MemoryState({n: w[has] for n, w in state.fast_weights.items()}, state.num_written[has])
+        known = torch.rand_like(target) < 0.5  # [B', 1, P]
+        lo, hi = self.data_range
+        noise = lo + (hi - lo) * torch.rand_like(target)
+        result = self.memory.read(torch.where(known, target, noise), sub, known, create_graph=True)
+        loss, _ = stepwise_loss(target, result)
+        self.last_aux_loss = float(loss.detach())
+        return loss
+
+    def write(self, patterns: Tensor, lengths: Tensor, create_graph: bool | None = None) -> MemoryState:
+        """Write each episode's patterns from scratch (``θ̄``), chunk by chunk: the reference path.
+
+        Args:
+            patterns: ``[B, L, P]`` encoded rows, padded.
             lengths: ``[B]`` valid rows of each history.
             create_graph: keep the graph for gradients to the memory. Default: ``torch.is_grad_enabled()``.
         """
-        B, L, _ = history.shape
+        B, L, _ = patterns.shape
         longest = int(lengths.max()) if B else 0
         if longest == 0:  # nothing stored anywhere: every memory is θ̄
             return self.memory.initial_state(B)
-        mask = torch.arange(L, device=history.device) < lengths.unsqueeze(1)  # [B, L]
+        mask = torch.arange(L, device=patterns.device) < lengths.unsqueeze(1)  # [B, L]
         # Chunks past the longest history are padding in every row and would leave every memory unchanged.
         return self.memory.write_chunked(
-            history[:, :longest], self.chunk_size, pattern_mask=mask[:, :longest], create_graph=create_graph
+            patterns[:, :longest], self.chunk_size, pattern_mask=mask[:, :longest], create_graph=create_graph
         )
 
-    def write_new(self, history: Tensor, lengths: Tensor, state: MemoryState, create_graph: bool) -> MemoryState:
-        """Continue ``state`` with the rows it lacks: ``history[state.num_written : lengths]``, one pattern per chunk.
+    def write_new(self, patterns: Tensor, lengths: Tensor, state: MemoryState, create_graph: bool) -> MemoryState:
+        """Continue ``state`` with the rows it lacks: ``patterns[state.num_written : lengths]``, one per chunk.
 
-        The recurrent route (:class:`~ebmm_rl.rl.recurrent.EBMMRecurrentPolicy`) carries ``state`` across env steps,
-        so a step writes only the pattern stored since the previous one. Rows with nothing new (or fewer valid rows
-        than written, e.g. padding) are left unchanged. With ``chunk_size=1`` the result equals :meth:`write`.
+        The recurrent route on the probes (:class:`~ebmm_rl.rl.recurrent.EBMMRecurrentPolicy`) carries ``state``
+        across env steps, so a step writes only the pattern stored since the previous one. Rows with nothing new
+        (or fewer valid rows than written, e.g. padding) are left unchanged. With ``chunk_size=1`` the result
+        equals :meth:`write`.
 
         Args:
-            history: ``[B, L, D]`` stored patterns, padded.
+            patterns: ``[B, L, P]`` encoded rows, padded.
             lengths: ``[B]`` valid rows of each history.
             state: the memories so far (``B`` episodes, ``num_written`` rows each).
             create_graph: keep the graph for gradients to the memory.
         """
         start = state.num_written  # [B]
-        rounds = int((lengths - start).max().clamp(min=0)) if history.shape[0] else 0
-        batch = torch.arange(history.shape[0], device=history.device)  # [B]
+        rounds = int((lengths - start).max().clamp(min=0)) if patterns.shape[0] else 0
+        batch = torch.arange(patterns.shape[0], device=patterns.device)  # [B]
         for j in range(rounds):
             idx = start + j  # [B] the row each episode writes this round
             mask = (idx < lengths).unsqueeze(1)  # [B, 1]
-            chunk = history[batch, idx.clamp(max=history.shape[1] - 1)].unsqueeze(1)  # [B, 1, D]
+            chunk = patterns[batch, idx.clamp(max=patterns.shape[1] - 1)].unsqueeze(1)  # [B, 1, P]
             state = self.memory.write(chunk, state, pattern_mask=mask, create_graph=create_graph)
         return state
 
@@ -315,11 +499,17 @@ class EBMMExtractor(HistoryFeaturesExtractor):
         """Same memories as :meth:`write` (to float tolerance), writing only patterns missing from the cache.
 
         For each row, the longest history prefix ending on a chunk boundary (or the whole history) whose memory is
-        cached is looked up by its fingerprint (length + BLAKE2 digest of the rows); only the chunks after it are
-        written, for all such rows in one batch, and the memories at the new chunk boundaries are cached.
-        The cache is emptied whenever a memory parameter changes in place (an optimiser step, ``load_state_dict``:
-        their version counters move) and, for a trainable memory, whenever the training mode changes
-        (``policy.set_training_mode``, see :meth:`train`).
+        cached is looked up by its fingerprint (length + BLAKE2 digest of the raw rows); only the chunks after it
+        are encoded and written, for all such rows in one batch, and the memories at the new chunk boundaries are
+        cached. Past a FIFO window's length the history's first row changes at every step, so nothing is found and
+        the window is rewritten (``L`` patterns per step; the recurrent route writes one).
+        The cache is emptied whenever a memory or encoder parameter changes in place (an optimiser step,
+        ``load_state_dict``: their version counters move) and, for a trainable memory, whenever the training mode
+        changes (``policy.set_training_mode``, see :meth:`train`).
+
+        Args:
+            history: ``[B, L, D]`` raw rows, padded.
+            lengths: ``[B]`` valid rows of each history.
         """
         self._check_cache_version()
         B = history.shape[0]
@@ -333,6 +523,7 @@ class EBMMExtractor(HistoryFeaturesExtractor):
         for b in range(B):
             keys = _prefix_keys(rows[b], lens[b], C)  # [(0, ...), (C, ...), ..., (len, ...)]
             hit = None
+            self.cache_lookups += 1
             for i in range(len(keys) - 1, -1, -1):
                 if keys[i] in self._cache:
                     hit = i
@@ -359,7 +550,7 @@ class EBMMExtractor(HistoryFeaturesExtractor):
             for j in range(rounds):
                 idx = pos + j * C + offsets  # [B, C] rows of this round's chunk
                 mask = idx < ends  # [B, C]; rows without a chunk this round are all padding (unchanged)
-                chunk = history[batch, idx.clamp(max=history.shape[1] - 1)]  # [B, C, D]
+                chunk = self.encode(history[batch, idx.clamp(max=history.shape[1] - 1)])  # [B, C, P]
                 state = self.memory.write(chunk, state, pattern_mask=mask, create_graph=False)
                 self.patterns_written += int(mask.sum())
                 for b in range(B):
@@ -386,8 +577,8 @@ class EBMMExtractor(HistoryFeaturesExtractor):
         return super().train(mode)
 
     def memory_frozen(self) -> bool:
-        """Whether no parameter of the memory requires gradients (``freeze_memory=True``)."""
-        return not any(p.requires_grad for p in self.memory.parameters())
+        """Whether no parameter of the memory or the encoder requires gradients (nothing the RL loss can change)."""
+        return not any(p.requires_grad for p in self._graph_parameters())
 
     def _store(self, key: _Key, weights: dict[str, Tensor]) -> None:
         self._cache[key] = weights
@@ -396,7 +587,7 @@ class EBMMExtractor(HistoryFeaturesExtractor):
             self._cache.popitem(last=False)
 
     def _check_cache_version(self) -> None:
-        version = tuple((p.data_ptr(), p._version) for p in self.memory.parameters())
+        version = tuple((p.data_ptr(), p._version) for p in self._graph_parameters())
         if version != self._cache_version:
             self._cache.clear()
             self._cache_version = version
@@ -494,6 +685,42 @@ def _prefix_keys(rows: np.ndarray, length: int, chunk_size: int) -> list[_Key]:
         digest.update(rows[start:end].tobytes())
         keys.append((end, digest.copy().digest()))
     return keys
+
+
+class _InjectLoss(torch.autograd.Function):
+    """Identity on ``features``; its backward also sends ``coef`` into ``loss`` (adds ``coef · loss`` to the loss)."""
+
+    @staticmethod
+    def forward(ctx, features: Tensor, loss: Tensor, coef: float) -> Tensor:  # noqa: ANN001
+        ctx.coef = coef
+        ctx.loss_shape = loss.shape
+        return features.view_as(features)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # noqa: ANN001
+        return grad, torch.full(ctx.loss_shape, ctx.coef, dtype=grad.dtype, device=grad.device), None
+
+
+def inject_loss(features: Tensor, loss: Tensor, coef: float) -> Tensor:
+    """``features`` unchanged, but whatever loss is backpropagated through them also gets ``coef · loss``.
+
+    SB3's PPO/A2C compute their loss inside ``train()`` with no hook for extra terms; every update backpropagates
+    through the extractor's features once per minibatch, so an auxiliary loss of the extractor rides along.
+    """
+    return _InjectLoss.apply(features, loss, coef)
+
+
+def _raw_sample(space: spaces.Space) -> Tensor | dict[str, Tensor] | tuple:
+    """One raw observation of ``space`` as a batch of one tensor (or a dict / tuple of them)."""
+    return _as_batch(space, space.sample())
+
+
+def _as_batch(space: spaces.Space, value: Any) -> Any:
+    if isinstance(space, spaces.Dict):
+        return {k: _as_batch(s, value[k]) for k, s in space.spaces.items()}
+    if isinstance(space, spaces.Tuple):
+        return tuple(_as_batch(s, value[i]) for i, s in enumerate(space.spaces))
+    return torch.as_tensor(np.asarray(value)).unsqueeze(0)
 
 
 def _dummy_observation(space: spaces.Dict) -> dict[str, Tensor]:

@@ -1,17 +1,26 @@
 """``EBMMRecurrentPolicy``: an EBMM memory as the recurrent core of sb3-contrib's ``RecurrentPPO``.
 
-Recipe::
+Recipe (any environment, unwrapped, as ``RecurrentPPO("MlpLstmPolicy", env)``)::
 
-    env = EpisodeMemoryWrapper(gym.make("ebmm/BinaryRecall-Medium-v0"))
-    model = RecurrentPPO(EBMMRecurrentPolicy, env)
+    model = RecurrentPPO(EBMMRecurrentPolicy, gym.make("CartPole-v1"))
 
 Where :class:`~ebmm_rl.rl.extractor.EBMMExtractor` rebuilds each observation's memory from its ``"history"``, this
 policy carries the memory across env steps as RecurrentPPO carries LSTM state: the recurrent state is the fast
 weights (as the deviation ``θ − θ̄``, so that the all-zero state RecurrentPPO starts from and resets to is ``θ̄``)
-and the number of patterns written. Each step writes the pattern stored since the previous step (the newest row of
-``"history"``, one pattern per chunk), then reads with ``"query"``; features are those of the extractor. RecurrentPPO
-stores the state once per sequence start and unrolls each minibatch sequence from it with gradients through every
-write, so an update writes each pattern once instead of re-writing every observation's whole history.
+and the number of patterns written. Nothing is stored in the observation.
+
+* On a raw environment (any space of :data:`~ebmm_rl.rl.rows.SUPPORTED_SPACES` that SB3 takes; ``Tuple`` and
+  nested ``Dict`` through :class:`~ebmm_rl.rl.wrappers.RowObservation`, which can also add the previous action and
+  reward) each step's observation becomes a row (:class:`~ebmm_rl.rl.rows.RowLayout`), is encoded into a pattern,
+  is read with (the memory holds the episode's earlier steps), then written: one write and one read per step,
+  whatever the episode's length.
+* On an ``ebmm/...`` probe wrapped by :class:`~ebmm_rl.rl.wrappers.EpisodeMemoryWrapper` (its probe protocol) each
+  step writes the pattern stored since the previous step (the newest row of ``"history"``), then reads with
+  ``"query"``, so only the probe's write steps are stored.
+
+RecurrentPPO stores the state once per sequence start and unrolls each minibatch sequence from it with gradients
+through every write (truncated backpropagation through the sequence, as for an LSTM), so an update writes each
+step once.
 
 State layout (RecurrentPPO's ``(hidden, cell)`` pair, each ``[1, n_envs, memory_size]``): ``hidden`` holds
 ``θ − θ̄`` flattened in the order of ``memory.energy.memory_parameters()``; ``cell[..., 0]`` holds the number of
@@ -35,7 +44,8 @@ from stable_baselines3.common.type_aliases import Schedule
 from torch import Tensor, nn
 
 from ebmm_rl.memory import MemoryState
-from ebmm_rl.rl.extractor import EBMMExtractor, _lengths
+from ebmm_rl.rl.extractor import EBMMExtractor, _lengths, inject_loss
+from ebmm_rl.rl.rows import RowsBox, check_model_observation
 
 __all__ = ["EBMMRecurrentPolicy"]
 
@@ -47,14 +57,15 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
     """RecurrentPPO policy whose recurrent core is an EBMM memory (online writing, one pattern per step).
 
     Takes the arguments of SB3's ``ActorCriticPolicy``; ``features_extractor_kwargs`` configure the
-    :class:`EBMMExtractor` that holds the memory and builds the features (``memory``, ``energy``, ``ebmm``,
-    ``freeze_memory``, ``net_arch``, ``similarities``; ``chunk_size`` must be 1). The observation space must come
-    from :class:`~ebmm_rl.rl.wrappers.EpisodeMemoryWrapper`. There is no LSTM: the MLP heads (``net_arch``) sit on
-    the memory features.
+    :class:`EBMMExtractor` that holds the encoder and the memory and builds the features (``memory``, ``energy``,
+    ``ebmm``, ``encoder``, ``pattern_size``, ``freeze_memory``, ``net_arch``, ``aux_coef``; on the probes also
+    ``similarities``; ``chunk_size`` must be 1). There is no LSTM: the MLP heads (``net_arch``) sit on the memory
+    features.
 
     Raises:
         ValueError: ``share_features_extractor=False``, a features extractor other than :class:`EBMMExtractor`,
-            or ``chunk_size != 1``.
+            ``chunk_size != 1``, or an observation space made by ``EpisodeMemoryWrapper``'s generic protocol (the
+            recurrent route needs no history: pass the raw env or :class:`~ebmm_rl.rl.wrappers.RowObservation`).
     """
 
     def __init__(
@@ -86,6 +97,12 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
         if int((features_extractor_kwargs or {}).get("chunk_size", 1)) != 1:
             raise ValueError("EBMMRecurrentPolicy writes one pattern per env step: chunk_size must be 1 (use the "
                              "EBMMExtractor route with PPO for chunked writing)")  # fmt: skip
+        history = observation_space.spaces.get("history") if isinstance(observation_space, spaces.Dict) else None
+        if isinstance(history, RowsBox) and history.layout is not None:
+            raise ValueError("EBMMRecurrentPolicy carries the memory itself and needs no history: pass the raw env "
+                             "(or RowObservation(env, include_action_reward=True)) instead of EpisodeMemoryWrapper's "
+                             "generic protocol")  # fmt: skip
+        features_extractor_kwargs = {**(features_extractor_kwargs or {}), "recurrent": True}
         # RecurrentActorCriticPolicy.__init__ would build LSTMs; only ActorCriticPolicy's set-up is wanted.
         ActorCriticPolicy.__init__(
             self,
@@ -140,7 +157,7 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
         cell[:, 0] = memory_state.num_written.to(delta.dtype)
         return delta.unsqueeze(0), cell.unsqueeze(0)
 
-    def unroll(self, obs: dict[str, Tensor], state: State, episode_starts: Tensor) -> tuple[Tensor, State]:
+    def unroll(self, obs: Any, state: State, episode_starts: Tensor) -> tuple[Tensor, State]:
         """Features of a batch of sequences and the state after them.
 
         Args:
@@ -154,16 +171,23 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
             ``(features [n_seq * T, features_dim], state after the last step)``.
         """
         ext: EBMMExtractor = self.features_extractor  # type: ignore[assignment]
-        pre = preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images)
         n_seq = state[0].shape[1]
-        lengths = _lengths(pre["history_len"], ext.max_patterns).reshape(n_seq, -1)  # [n_seq, T]
-        history = pre["history"].reshape(n_seq, -1, *pre["history"].shape[1:])  # [n_seq, T, L, D]
         starts = episode_starts.reshape(n_seq, -1) > 0.5  # [n_seq, T]
         create_graph = ext.needs_graph()
         memory_state = self._to_memory(state)
         theta_bar = ext.memory.initial_state(n_seq)
-        steps: list[MemoryState] = []
-        for t in range(lengths.shape[1]):
+        if ext.mode == "history":
+            pre = preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images)
+            lengths = _lengths(pre["history_len"], ext.max_patterns).reshape(n_seq, -1)  # [n_seq, T]
+            patterns = ext.encode(pre["history"]).reshape(n_seq, lengths.shape[1], *pre["history"].shape[1:-1], -1)
+            queries = ext.encode(pre["query"])  # [n_seq * T, P]
+            phase = pre["phase"].reshape(queries.shape[0], -1) if "phase" in ext.features else None
+        else:
+            queries = ext.encode(ext.rows(obs))  # [n_seq * T, P]
+            patterns = queries.reshape(n_seq, -1, queries.shape[-1])  # [n_seq, T, P]
+            phase = None
+        steps: list[MemoryState] = []  # the memory each step reads from
+        for t in range(starts.shape[1]):
             if bool(starts[:, t].any()):  # reset: θ̄ and nothing written
                 reset = starts[:, t]
                 fast = {
@@ -171,17 +195,55 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
                     for n, w in memory_state.fast_weights.items()
                 }
                 memory_state = MemoryState(fast, torch.where(reset, 0, memory_state.num_written))
-            memory_state = ext.write_new(history[:, t], lengths[:, t], memory_state, create_graph)
-            steps.append(memory_state)
+            if ext.mode == "history":  # the rows stored since the last step, then read
+                memory_state = ext.write_new(patterns[:, t], lengths[:, t], memory_state, create_graph)
+                steps.append(memory_state)
+            else:  # read with this step's row from the earlier steps' memory, then write the row
+                steps.append(memory_state)
+                memory_state = ext.memory.write(patterns[:, t : t + 1], memory_state, create_graph=create_graph)
         # Reads do not depend on each other: one batched read over every (sequence, step), sequence-major.
         stacked = MemoryState(
             {n: torch.stack([s.fast_weights[n] for s in steps], 1).flatten(0, 1) for n in memory_state.fast_weights},
             torch.stack([s.num_written for s in steps], 1).flatten(),
         )  # [n_seq * T, ...]
-        features = ext.head(ext.read_features(pre, stacked, lengths.flatten()))
-        return features, self._from_memory(memory_state)
+        if ext.mode == "history":
+            stored = patterns.flatten(0, 1) if "similarities" in ext.features else None  # [n_seq * T, L, P]
+            features = ext.read_features(queries, stacked, phase, stored, lengths.flatten())
+        else:
+            features = ext.read_features(queries, stacked)
+        if ext.aux_coef > 0 and create_graph and ext.mode == "rows":
+            features = self._with_aux_loss(features, patterns, starts, steps)
+        return ext.head(features), self._from_memory(memory_state)
+
+    def _with_aux_loss(self, features: Tensor, patterns: Tensor, starts: Tensor, steps: list[MemoryState]) -> Tensor:
+        """Add the extractor's auxiliary loss: at each step, read back the previous step's pattern (just written).
+
+        Args:
+            features: ``[n_seq * T, F]``.
+            patterns: ``[n_seq, T, P]`` this batch's encoded rows.
+            starts: ``[n_seq, T]`` episode starts.
+            steps: the memory each step reads from (``steps[t]`` holds the rows before ``t``).
+        """
+        ext: EBMMExtractor = self.features_extractor  # type: ignore[assignment]
+        n_seq, T, _ = patterns.shape
+        if T < 2:
+            return features
+        # Step t (t >= 1, not an episode start) holds row t - 1; its memory is steps[t].
+        valid = ~starts[:, 1:]  # [n_seq, T - 1]
+        stacked = MemoryState(
+            {n: torch.stack([s.fast_weights[n] for s in steps[1:]], 1).flatten(0, 1) for n in steps[0].fast_weights},
+            torch.stack([s.num_written for s in steps[1:]], 1).flatten(),
+        )  # [n_seq * (T - 1), ...]
+        previous = patterns[:, :-1].reshape(n_seq * (T - 1), 1, -1)  # [n_seq * (T - 1), 1, P]
+        loss = ext.aux_loss(previous, valid.reshape(-1, 1), stacked)
+        return features if loss is None else inject_loss(features, loss, ext.aux_coef)
 
     # ------------------------------------------------------------------------------------ RecurrentPPO hooks
+    def obs_to_tensor(self, observation: Any) -> Any:
+        """SB3's conversion, after checking that ``observation`` fits (or naming the wrapper it lacks)."""
+        check_model_observation(observation, self.observation_space)
+        return super().obs_to_tensor(observation)
+
     def forward(
         self, obs: dict[str, Tensor], lstm_states: RNNStates, episode_starts: Tensor, deterministic: bool = False
     ) -> tuple[Tensor, Tensor, Tensor, RNNStates]:

@@ -1,62 +1,94 @@
-"""Gymnasium wrappers that let a stateless SB3 feature extractor use an episodic memory.
+"""Gymnasium wrappers that let SB3 agents use an episodic memory on any environment.
 
 SB3 stores observations and re-evaluates them later in shuffled minibatches, so a feature extractor must
 compute its features from the observation alone. :class:`EpisodeMemoryWrapper` therefore adds to every
-observation what the memory must hold at that step (the episode's patterns so far), much as frame stacking
-adds the last frames. :class:`MultiBinaryToMultiDiscrete` works around sb3-contrib's ``RecurrentPPO`` crash on
-``MultiBinary`` actions (``docs/envs.md``).
+observation what the memory must hold at that step (the episode's rows so far, a FIFO window), much as frame
+stacking adds the last frames. :class:`RowObservation` turns an observation into its memory row for agents that
+carry their own state (``RecurrentPPO``). :class:`MultiBinaryToMultiDiscrete` works around sb3-contrib's
+``RecurrentPPO`` crash on ``MultiBinary`` actions (``docs/envs.md``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["WRITE_PHASE", "EpisodeMemoryWrapper", "MultiBinaryToMultiDiscrete"]
+from ebmm_rl.rl.rows import RowLayout, RowsBox, check_finite, wrapper_call
+
+__all__ = ["DEFAULT_WINDOW", "WRITE_PHASE", "EpisodeMemoryWrapper", "MultiBinaryToMultiDiscrete", "RowObservation"]
 
 WRITE_PHASE = 0
 """Value of the ``"phase"`` observation on a step whose pattern is to be stored (``envs.Phase.WRITE``)."""
 QUERY_PHASE = 1
 """Value of the ``"phase"`` observation on a query step (``envs.Phase.QUERY``)."""
+DEFAULT_WINDOW = 32
+"""Rows of ``"history"`` of the generic protocol when ``max_patterns`` is not given (a FIFO window)."""
+MAX_HISTORY_FLOATS = 2**24
+"""Largest ``max_patterns · D`` of one observation (64 MiB of float32): beyond it, the rollout buffer alone would
+need gigabytes."""
 
 
-class EpisodeMemoryWrapper(gym.ObservationWrapper):
-    """Adds the episode's stored patterns and the current query to a ``Dict`` observation.
+_DEFAULTS = dict(
+    max_patterns=None,
+    write_phases=(WRITE_PHASE,),
+    data_range=None,
+    protocol="auto",
+    include_action_reward=False,
+    overflow="fifo",
+    squash_scale=1.0,
+)
 
-    Keys added to the observation (``D`` = number of entries of ``"pattern"``, ``L`` = ``max_patterns``):
 
-    * ``"history"``: ``Box(lo, hi, (L, D), float32)``: row ``i`` is the flattened ``"pattern"`` of the ``i``-th
-      step of this episode *before the current one* whose ``"phase"`` is in ``write_phases``; rows from
-      ``history_len`` on are padding (zeros, or the value of ``data_range`` nearest to zero).
-    * ``"history_len"``: ``Discrete(L + 1)``: the number of valid rows of ``"history"``.
-    * ``"query"``: ``Box(lo, hi, (D,), float32)``: the current ``"pattern"``, flattened and mapped like the rows
-      of ``"history"`` (a memory reads with it).
+class EpisodeMemoryWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Adds the episode's stored rows and the current row to the observation, for a stateless memory extractor.
 
-    The current step's pattern enters the history at the *next* step: a memory reads with a pattern before it
-    writes it (online order), so on a query step that is also stored (``Familiarity``) the query is not yet in
-    memory. The pattern of the final observation of an episode is never stored.
+    Keys of the wrapped observation (``D`` = row size, ``L`` = ``max_patterns``):
 
-    Values are mapped linearly from the pattern space's bounds (``[0, 255]`` for ``uint8`` images) onto
-    ``data_range``, the box a memory reads in (``EBMMConfig.data_range``). By default ``uint8`` images become
-    ``[0, 1]`` (divided by 255) and float patterns keep their bounds (``+-1`` bits stay ``+-1``, ``[0, 1]``
-    images stay as they are).
+    * ``"history"``: ``Box(lo, hi, (L, D), float32)`` (a :class:`~ebmm_rl.rl.rows.RowsBox`, which also carries the
+      row layout): the rows stored at this episode's earlier steps, oldest first; rows from ``history_len`` on are
+      padding (the value of ``data_range`` nearest to zero).
+    * ``"history_len"``: ``Discrete(L + 1)``: the number of valid rows.
+    * ``"query"``: ``Box(lo, hi, (D,), float32)``: the current step's row (a memory reads with it).
+
+    The current row enters the history at the *next* step: a memory reads with a row before it writes it (online
+    order). The row of the final observation of an episode is never stored. Past ``L`` stored rows the history is a
+    FIFO window: the oldest row is dropped (``overflow="fifo"``, the default) or a ``ValueError`` is raised
+    (``overflow="error"``).
+
+    Two protocols say what a row is:
+
+    * ``"generic"``, for any environment: every step stores one row, the whole observation flattened into
+      ``data_range`` by a :class:`~ebmm_rl.rl.rows.RowLayout` (one-hot for discrete parts, bounded boxes mapped
+      linearly, unbounded ones squashed), optionally followed by the previous action and reward
+      (``include_action_reward=True``). Only the three keys above are in the observation. Default ``data_range``:
+      ``(-1, 1)``; default ``max_patterns``: :data:`DEFAULT_WINDOW`.
+    * ``"probe"``, for the ``ebmm/...`` memory probes (a ``Dict`` observation with ``"pattern"`` and ``"phase"``):
+      a row is the flattened ``"pattern"``, stored only on steps whose ``"phase"`` is in ``write_phases``, and the
+      probe's own keys stay in the observation. Values are mapped linearly from the pattern space's bounds
+      (``[0, 255]`` for ``uint8``) onto ``data_range``; by default ``uint8`` images become ``[0, 1]`` and float
+      patterns keep their bounds (``±1`` bits stay ``±1``). ``max_patterns=None`` takes the number from the probe's
+      schedule (``num_write``, ``num_queries``, ``delay`` of ``env.unwrapped``).
+
+    ``protocol="auto"`` (default) picks ``"probe"`` for such a ``Dict`` and ``"generic"`` otherwise.
 
     Args:
-        env: an environment with a ``Dict`` observation holding ``"pattern"`` (a ``Box`` with finite bounds) and
-            ``"phase"`` (``Discrete``); every ``envs`` memory probe qualifies.
-        max_patterns: ``L``, rows of ``"history"``. ``None`` computes it from a memory probe's schedule
-            (``num_write``, ``num_queries``, ``delay`` of ``env.unwrapped``). More stored patterns than ``L`` in
-            one episode raise a ``ValueError``.
-        write_phases: phases whose patterns are stored (default: write steps only). ``Familiarity``, whose new
-            stream patterns may be repeated later, wants ``(0, 1)`` (write and query steps).
-        data_range: ``(lo, hi)`` to map pattern values onto; ``None``: see above.
+        env: the environment.
+        max_patterns: ``L``, rows of ``"history"`` (see the protocols for ``None``).
+        write_phases: probe protocol: phases whose patterns are stored (default: write steps only).
+            ``Familiarity``, whose new stream patterns may be repeated later, wants ``(0, 1)``.
+        data_range: ``(lo, hi)`` to map rows onto; ``None``: see the protocols.
+        protocol: ``"auto"``, ``"generic"`` or ``"probe"``.
+        include_action_reward: generic protocol: append the previous action and reward to each row.
+        overflow: ``"fifo"`` (drop the oldest row) or ``"error"``.
+        squash_scale: generic protocol: unbounded entries ``x`` become ``tanh(x / squash_scale)``.
 
     Raises:
-        ValueError: the observation space is not such a ``Dict``, or ``max_patterns`` cannot be inferred.
+        ValueError: an unsupported observation space (named with the supported ones), a bad argument, or
+            (``overflow="error"``) more rows than ``max_patterns``; NaN/inf in an observation (naming the step).
     """
 
     def __init__(
@@ -65,17 +97,74 @@ class EpisodeMemoryWrapper(gym.ObservationWrapper):
         max_patterns: int | None = None,
         write_phases: Sequence[int] = (WRITE_PHASE,),
         data_range: tuple[float, float] | None = None,
+        protocol: str = "auto",
+        include_action_reward: bool = False,
+        overflow: str = "fifo",
+        squash_scale: float = 1.0,
     ) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(
+            self,
+            max_patterns=max_patterns,
+            write_phases=tuple(write_phases),
+            data_range=data_range,
+            protocol=protocol,
+            include_action_reward=include_action_reward,
+            overflow=overflow,
+            squash_scale=squash_scale,
+        )
+        gym.Wrapper.__init__(self, env)
         space = env.observation_space
-        if not isinstance(space, spaces.Dict) or "pattern" not in space.spaces or "phase" not in space.spaces:
+        is_probe = isinstance(space, spaces.Dict) and "pattern" in space.spaces and "phase" in space.spaces
+        if protocol not in ("auto", "generic", "probe"):
+            raise ValueError(f"protocol must be 'auto', 'generic' or 'probe', got {protocol!r}")
+        if protocol == "probe" and not is_probe:
             raise ValueError(
-                f"EpisodeMemoryWrapper needs a Dict observation with 'pattern' and 'phase' keys (as every "
-                f"ebmm/... environment has), got {space}"
+                f"protocol='probe' needs a Dict observation with 'pattern' and 'phase' keys (as every ebmm/... "
+                f"environment has), got {space}; use protocol='generic' for other environments"
             )
-        for key in ("history", "history_len", "query"):
-            if key in space.spaces:
-                raise ValueError(f"the observation already has a {key!r} key: is the env wrapped twice?")
+        if overflow not in ("fifo", "error"):
+            raise ValueError(f"overflow must be 'fifo' (drop the oldest row) or 'error', got {overflow!r}")
+        if isinstance(space, spaces.Dict):
+            for key in ("history", "history_len", "query"):
+                if key in space.spaces:
+                    raise ValueError(f"the observation already has a {key!r} key: is the env wrapped twice?")
+        self.protocol = "probe" if protocol == "probe" or (protocol == "auto" and is_probe) else "generic"
+        self.overflow = overflow
+        self.include_action_reward = bool(include_action_reward)
+        if self.protocol == "probe":
+            if include_action_reward:
+                raise ValueError("include_action_reward applies to the generic protocol; use protocol='generic'")
+            self._init_probe(env, max_patterns, write_phases, data_range)
+        else:
+            self._init_generic(env, max_patterns, data_range, squash_scale)
+        if self.max_patterns < 1:
+            raise ValueError(f"max_patterns must be >= 1, got {self.max_patterns}")
+        if self.max_patterns * self.pattern_size > MAX_HISTORY_FLOATS:
+            raise ValueError(
+                f"max_patterns={self.max_patterns} rows of {self.pattern_size} entries is more than "
+                f"{MAX_HISTORY_FLOATS} floats per observation; use a smaller window, or the recurrent route "
+                "(RecurrentPPO with EBMMRecurrentPolicy), which stores nothing in the observation"
+            )
+        lo, hi = self.data_range
+        L, D = self.max_patterns, self.pattern_size
+        history = RowsBox(lo, hi, (L, D), self.layout, wrapper_call(type(self).__name__, self._saved_kwargs, _DEFAULTS))
+        added = {
+            "history": history,
+            "history_len": spaces.Discrete(L + 1),
+            "query": spaces.Box(lo, hi, (D,), np.float32),
+        }
+        self.observation_space = spaces.Dict({**space.spaces, **added} if self.protocol == "probe" else added)
+        self._pad = float(np.clip(0.0, lo, hi))
+        self._history = np.full((L, D), self._pad, dtype=np.float32)  # [L, D]
+        self._length = 0
+        self._pending: np.ndarray | None = None  # [D] row of the last step, stored at the next one
+        self._step = 0
+
+    # ---------------------------------------------------------------------------------------------- set-up
+    def _init_probe(
+        self, env: gym.Env, max_patterns: int | None, write_phases: Sequence[int], data_range: tuple | None
+    ) -> None:
+        space = env.observation_space
         pattern_space = space["pattern"]
         if not isinstance(pattern_space, spaces.Box):
             raise ValueError(f"'pattern' must be a Box space, got {pattern_space}")
@@ -85,9 +174,6 @@ class EpisodeMemoryWrapper(gym.ObservationWrapper):
         if not self.write_phases:
             raise ValueError("write_phases is empty: nothing would ever be stored; use e.g. (0,) for write steps")
         self.max_patterns = self._infer_max_patterns(env) if max_patterns is None else int(max_patterns)
-        if self.max_patterns < 1:
-            raise ValueError(f"max_patterns must be >= 1, got {self.max_patterns}")
-
         if pattern_space.dtype == np.uint8:
             source = (0.0, 255.0)
             default_range = (0.0, 1.0)
@@ -100,28 +186,30 @@ class EpisodeMemoryWrapper(gym.ObservationWrapper):
                     f"low={source[0]}, high={source[1]}; give the env's pattern space finite bounds"
                 )
         target = default_range if data_range is None else (float(data_range[0]), float(data_range[1]))
-        if target[0] >= target[1]:
-            raise ValueError(f"data_range must be (low, high) with low < high, got {data_range}")
+        if not (np.isfinite(target).all() and target[0] < target[1]):
+            raise ValueError(f"data_range must be finite (low, high) with low < high, got {data_range}")
         self.data_range = target
         self._scale = (target[1] - target[0]) / (source[1] - source[0])
         self._offset = target[0] - source[0] * self._scale
         self._identity = source == target
         self.pattern_size = int(np.prod(pattern_space.shape))
-        self._pad = float(np.clip(0.0, *target))
+        self.layout = None
 
-        lo, hi = target
-        L, D = self.max_patterns, self.pattern_size
-        self.observation_space = spaces.Dict(
-            {
-                **space.spaces,
-                "history": spaces.Box(lo, hi, (L, D), np.float32),
-                "history_len": spaces.Discrete(L + 1),
-                "query": spaces.Box(lo, hi, (D,), np.float32),
-            }
+    def _init_generic(
+        self, env: gym.Env, max_patterns: int | None, data_range: tuple | None, squash_scale: float
+    ) -> None:
+        self.write_phases = ()
+        self.layout = RowLayout(
+            env.observation_space,
+            env.action_space,
+            include_action=self.include_action_reward,
+            include_reward=self.include_action_reward,
+            data_range=(-1.0, 1.0) if data_range is None else data_range,
+            squash_scale=squash_scale,
         )
-        self._history = np.full((L, D), self._pad, dtype=np.float32)  # [L, D]
-        self._length = 0
-        self._pending: np.ndarray | None = None  # [D] pattern of the last step, stored at the next one
+        self.data_range = self.layout.data_range
+        self.pattern_size = self.layout.size
+        self.max_patterns = DEFAULT_WINDOW if max_patterns is None else int(max_patterns)
 
     def _infer_max_patterns(self, env: gym.Env) -> int:
         base = env.unwrapped
@@ -134,9 +222,11 @@ class EpisodeMemoryWrapper(gym.ObservationWrapper):
                 "pass max_patterns=<largest number of patterns stored in one episode>"
             ) from None
 
+    # ------------------------------------------------------------------------------------------------ rows
     def map_pattern(self, pattern: np.ndarray) -> np.ndarray:
-        """``pattern`` (any shape of the pattern space) flattened and mapped into ``data_range``: ``[D]``."""
+        """Probe protocol: ``pattern`` (any shape of the pattern space) flattened and mapped into ``data_range``."""
         flat = np.asarray(pattern, dtype=np.float32).reshape(-1)
+        check_finite(flat, f"step {self._step} of the episode ('pattern')")
         if self._identity:
             return flat.copy()
         return np.clip(flat * np.float32(self._scale) + np.float32(self._offset), *self.data_range).astype(np.float32)
@@ -146,31 +236,112 @@ class EpisodeMemoryWrapper(gym.ObservationWrapper):
         self._history.fill(self._pad)
         self._length = 0
         self._pending = None
+        self._step = 0
+        observation, info = self.env.reset(seed=seed, options=options)
+        return self._observe(observation, None, None), info
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict]:
+        """Step the environment, store the previous row, and add the keys to the observation."""
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        self._step += 1
+        return self._observe(observation, action, reward), reward, terminated, truncated, info
+
+    def _observe(self, observation: Any, action: Any, reward: SupportsFloat | None) -> dict[str, Any]:
+        if self._pending is not None:
+            self._push(self._pending)
+            self._pending = None
+        if self.layout is None:
+            query = self.map_pattern(observation["pattern"])
+            if int(observation["phase"]) in self.write_phases:
+                self._pending = query
+            extra = observation
+        else:
+            query = self.layout.numpy_row(observation, action, reward, where=f"step {self._step} of the episode")
+            self._pending = query
+            extra = {}
+        return {**extra, "history": self._history.copy(), "history_len": self._length, "query": query.copy()}
+
+    def _push(self, row: np.ndarray) -> None:
+        if self._length < self.max_patterns:
+            self._history[self._length] = row
+            self._length += 1
+        elif self.overflow == "error":
+            raise ValueError(
+                f"more than max_patterns={self.max_patterns} rows to store in one episode; create "
+                "EpisodeMemoryWrapper with a larger max_patterns, or overflow='fifo' to keep the latest rows"
+            )
+        else:  # FIFO: drop the oldest row
+            self._history[:-1] = self._history[1:]
+            self._history[-1] = row
+
+
+class RowObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
+    """Replaces the observation by its memory row (a :class:`~ebmm_rl.rl.rows.RowsBox` of shape ``(D,)``).
+
+    For agents that carry their own state (``RecurrentPPO`` with ``EBMMRecurrentPolicy`` or an LSTM): the row
+    holds what :class:`EpisodeMemoryWrapper`'s generic protocol stores, optionally with the previous action and
+    reward, and the space carries the layout (so that the policy finds image parts for its CNN). Also makes
+    ``Tuple`` and nested ``Dict`` observations usable with SB3, which rejects those spaces.
+
+    Args:
+        env: the environment (observation space of :data:`~ebmm_rl.rl.rows.SUPPORTED_SPACES`).
+        include_action_reward: append the previous action and reward.
+        data_range: the box rows lie in.
+        squash_scale: unbounded entries ``x`` become ``tanh(x / squash_scale)``.
+    """
+
+    def __init__(
+        self,
+        env: gym.Env,
+        include_action_reward: bool = False,
+        data_range: tuple[float, float] = (-1.0, 1.0),
+        squash_scale: float = 1.0,
+    ) -> None:
+        gym.utils.RecordConstructorArgs.__init__(
+            self, include_action_reward=include_action_reward, data_range=data_range, squash_scale=squash_scale
+        )
+        gym.ObservationWrapper.__init__(self, env)
+        self.layout = RowLayout(
+            env.observation_space,
+            env.action_space,
+            include_action=include_action_reward,
+            include_reward=include_action_reward,
+            data_range=data_range,
+            squash_scale=squash_scale,
+        )
+        lo, hi = self.layout.data_range
+        call = wrapper_call(
+            type(self).__name__,
+            self._saved_kwargs,
+            dict(include_action_reward=False, data_range=(-1.0, 1.0), squash_scale=1.0),
+        )
+        self.observation_space = RowsBox(lo, hi, (self.layout.size,), self.layout, call)
+        self._step = 0
+        self._action: Any = None
+        self._reward: SupportsFloat | None = None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
+        """Reset the environment (no previous action or reward)."""
+        self._step, self._action, self._reward = 0, None, None
         return super().reset(seed=seed, options=options)
 
-    def observation(self, observation: dict[str, Any]) -> dict[str, Any]:
-        """Store the previous step's pattern if its phase asked for it, then add the keys to ``observation``."""
-        if self._pending is not None:
-            if self._length >= self.max_patterns:
-                raise ValueError(
-                    f"more than max_patterns={self.max_patterns} patterns to store in one episode; "
-                    "create EpisodeMemoryWrapper with a larger max_patterns"
-                )
-            self._history[self._length] = self._pending
-            self._length += 1
-            self._pending = None
-        query = self.map_pattern(observation["pattern"])
-        if int(observation["phase"]) in self.write_phases:
-            self._pending = query
-        return {
-            **observation,
-            "history": self._history.copy(),
-            "history_len": self._length,
-            "query": query.copy(),
-        }
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict]:
+        """Step the environment; the action and reward enter the next row."""
+        self._step += 1
+        self._action = action
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        self._reward = reward
+        return self.observation(observation), reward, terminated, truncated, info
+
+    def observation(self, observation: Any) -> np.ndarray:
+        """The row ``[D]`` of ``observation`` (with the previous action and reward if asked for)."""
+        layout = self.layout
+        action = self._action if layout.action_space is not None else None
+        reward = self._reward if layout.include_reward else None
+        return layout.numpy_row(observation, action, reward, where=f"step {self._step} of the episode")
 
 
-class MultiBinaryToMultiDiscrete(gym.ActionWrapper):
+class MultiBinaryToMultiDiscrete(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
     """Shows a ``MultiBinary(shape)`` action space as ``MultiDiscrete`` with 2 choices per entry.
 
     sb3-contrib 2.9.2's ``RecurrentPPO`` crashes on ``MultiBinary`` actions (its recurrent buffer hands int8
@@ -179,7 +350,8 @@ class MultiBinaryToMultiDiscrete(gym.ActionWrapper):
     """
 
     def __init__(self, env: gym.Env) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.ActionWrapper.__init__(self, env)
         if not isinstance(env.action_space, spaces.MultiBinary):
             raise ValueError(f"MultiBinaryToMultiDiscrete needs a MultiBinary action space, got {env.action_space}")
         self._shape = env.action_space.shape
