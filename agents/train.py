@@ -1,10 +1,20 @@
-"""Train an SB3 agent with an episodic memory (EBMM) or a baseline memory on a memory-probe environment.
+"""Train an SB3 agent with an episodic memory (EBMM) or a baseline memory on any Gymnasium environment.
 
 Examples::
 
     python -m agents.train --env ebmm/BinaryRecall-Easy-v0 --memory ebmm
+    python -m agents.train --env ebmm/CartPole-NoVel-v1 --memory ebmm-recurrent --n-envs 8 --vec-env dummy
+    python -m agents.train --env MiniGrid-MemoryS7-v0 --memory ebmm --max-patterns 16
     python -m agents.train --env ebmm/Familiarity-Easy-v0 --memory lstm --n-envs 4
     python -m agents.train --env ebmm/BinaryRecall-Medium-v0 --memory ebmm --memory-checkpoint runs/<meta>/checkpoint.pt
+
+Environments: any registered gymnasium id. ``ebmm/...`` ids are this project's (memory probes, and the classic
+control tasks with velocities removed, ``ebmm/CartPole-NoVel-v1``, ``ebmm/Pendulum-NoVel-v1``); ``MiniGrid-...`` ids
+need the ``minigrid`` package (``pip install -e ".[minigrid]"``) and get minigrid's ``ImgObsWrapper`` (the image
+alone: the mission string is a ``Text`` space, which no memory row holds). The probes use
+:class:`~ebmm_rl.rl.EpisodeMemoryWrapper`'s probe protocol (their ``phase`` decides what is stored) unless
+``--protocol generic``; every other env the generic one (each step stores its observation, a FIFO window of
+``--max-patterns`` rows).
 
 Memories (the table :data:`MEMORIES`; a new one is a row there): ``ebmm`` (PPO/A2C +
 :class:`~ebmm_rl.rl.EBMMExtractor` over :class:`~ebmm_rl.rl.EpisodeMemoryWrapper`), ``ebmm-recurrent``
@@ -45,9 +55,16 @@ from stable_baselines3.common.logger import TensorBoardOutputFormat, configure
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 import envs  # noqa: F401  (registers the ids in this process)
-from ebmm_rl.checkpoint import load_memory
+from ebmm_rl.checkpoint import load_checkpoint, load_memory
 from ebmm_rl.protocol import MEMORIES as MEMORY_REGISTRY
-from ebmm_rl.rl import EBMMExtractor, EpisodeMemoryWrapper, MemoryExtractor, MultiBinaryToMultiDiscrete
+from ebmm_rl.rl import (
+    EBMMExtractor,
+    EBMMPolicy,
+    EpisodeMemoryWrapper,
+    MemoryExtractor,
+    MultiBinaryToMultiDiscrete,
+    RowObservation,
+)
 
 
 @dataclass(frozen=True)
@@ -56,26 +73,46 @@ class MemoryKind:
 
     Attributes:
         description: what the agent is, in one line.
-        wrap: ``wrap(env, write_queries, frame_stack) -> env``, a module-level function (SubprocVecEnv workers
-            unpickle it by reference).
-        policy: ``policy(args) -> (policy, policy_kwargs)``: the SB3 policy (a registered name or a class) and the
-            keyword arguments it needs besides ``net_arch``.
+        wrap: ``wrap(env, options) -> env`` (options: :class:`WrapOptions`), a module-level function
+            (SubprocVecEnv workers unpickle it by reference).
+        policy: ``policy(args, observation_space) -> (policy, policy_kwargs)``: the SB3 policy (a registered name or
+            a class) for the wrapped env's observation space and the keyword arguments it needs besides ``net_arch``.
         recurrent: trained by sb3-contrib's ``RecurrentPPO`` (the policy carries state across steps) instead of
             PPO / A2C.
     """
 
     description: str
-    wrap: Callable[[gym.Env, bool, int], gym.Env]
-    policy: Callable[[Args], tuple[str | type, dict[str, Any]]]
+    wrap: Callable[[gym.Env, WrapOptions], gym.Env]
+    policy: Callable[[Args, spaces.Space], tuple[str | type, dict[str, Any]]]
     recurrent: bool = False
+
+
+@dataclass(frozen=True)
+class WrapOptions:
+    """How :func:`wrap_env` wraps one environment (picklable: SubprocVecEnv workers receive it).
+
+    Attributes:
+        write_queries: probe protocol: also store query patterns (``Familiarity``).
+        frame_stack: observations stacked by ``frame-stack`` (0: the probe's episode length, else 4).
+        max_patterns: rows of ``EpisodeMemoryWrapper``'s history (``None``: its default).
+        protocol: ``EpisodeMemoryWrapper``'s protocol (``auto``, ``generic``, ``probe``).
+        include_action_reward: every agent sees the previous action and reward (rows of ``RowObservation``).
+    """
+
+    write_queries: bool = False
+    frame_stack: int = 0
+    max_patterns: int | None = None
+    protocol: str = "auto"
+    include_action_reward: bool = False
 
 
 @dataclass
 class Args:
-    """Train PPO / A2C / RecurrentPPO with an episodic memory on an ``ebmm/...`` environment."""
+    """Train PPO / A2C / RecurrentPPO with an episodic memory on a Gymnasium environment."""
 
     env: str = "ebmm/BinaryRecall-Easy-v0"
-    """gymnasium id of the environment (``ebmm/<Family>[-Easy|-Medium|-Hard]-v0``)"""
+    """gymnasium id of the environment (``ebmm/<Family>[-Easy|-Medium|-Hard]-v0``, ``ebmm/CartPole-NoVel-v1``,
+    ``MiniGrid-MemoryS7-v0``, ``CartPole-v1``, ...)"""
     memory: str = "ebmm"
     """memory kind, a key of ``MEMORIES``: ebmm (PPO/A2C + EBMM extractor), ebmm-recurrent (RecurrentPPO, EBMM
     as its recurrent core), mlp (no memory), frame-stack (the last observations stacked), lstm (RecurrentPPO),
@@ -111,11 +148,24 @@ class Args:
     """write steps T of a fresh EBMM memory"""
     read_steps: int = 3
     """read steps K of a fresh EBMM memory"""
-    grad_norm_term: bool = True
-    """include the paper's alpha * |grad_x E|^2 term in a fresh EBMM memory's writing loss (off: writes about 2x
-    cheaper)"""
+    grad_norm_term: bool = False
+    """include the paper's alpha * |grad_x E|^2 term in a fresh EBMM memory's writing loss (about 13x the cost of an
+    RL update without it; docs/rl.md)"""
     write_queries: bool | None = None
     """also store query patterns in the EBMM memory (default: only for Familiarity, whose stream repeats itself)"""
+    protocol: Literal["auto", "generic", "probe"] = "auto"
+    """EpisodeMemoryWrapper's protocol: auto (probe for the ebmm/ probes, generic otherwise), generic (every step
+    stores its whole observation; no phase protocol), probe"""
+    max_patterns: int | None = None
+    """rows of the memory agents' history window (FIFO; default: the probe's schedule, or 32 for other envs)"""
+    include_action_reward: bool = False
+    """every agent sees the previous action and reward beside the observation"""
+    encoder: Literal["auto", "identity", "linear", "cnn"] = "auto"
+    """EBMM row encoder (auto: identity for small rows, linear+tanh above 64 entries, a small CNN for images)"""
+    pattern_size: int = 32
+    """pattern size of a learned EBMM encoder"""
+    aux_coef: float = 0.0
+    """weight of EBMM's auxiliary reconstruction loss during RL updates (0: none)"""
     similarities: bool | None = None
     """add the retrieved pattern's similarity to each stored one to the features (default: only for ImageRecall,
     whose answer is a position)"""
@@ -156,20 +206,53 @@ class Args:
     """torch device of the agent (``auto`` picks CUDA when there is one)"""
 
 
-def _wrap_none(env: gym.Env, write_queries: bool, frame_stack: int) -> gym.Env:
+def _base(env: gym.Env, options: WrapOptions, rows: bool = False) -> gym.Env:
+    """MiniGrid's image alone; with ``rows`` and ``include_action_reward`` the observation's row with both."""
+    space = env.observation_space
+    if isinstance(space, spaces.Dict) and "mission" in space.spaces and "image" in space.spaces:
+        from minigrid.wrappers import ImgObsWrapper
+
+        env = ImgObsWrapper(env)
+    if rows and options.include_action_reward:
+        env = RowObservation(env, include_action_reward=True)
     return env
 
 
-def _wrap_ebmm(env: gym.Env, write_queries: bool, frame_stack: int) -> gym.Env:
-    return EpisodeMemoryWrapper(env, write_phases=(0, 1) if write_queries else (0,))
+def _wrap_none(env: gym.Env, options: WrapOptions) -> gym.Env:
+    return _base(env, options, rows=True)
 
 
-def _wrap_frame_stack(env: gym.Env, write_queries: bool, frame_stack: int) -> gym.Env:
-    size = frame_stack or int(getattr(env.unwrapped, "episode_length", 0)) or 4
-    return FrameStackObservation(env, size, padding_type="zero")
+def _wrap_ebmm(env: gym.Env, options: WrapOptions) -> gym.Env:
+    env = _base(env, options)
+    is_probe = _is_probe(env) and options.protocol != "generic"
+    return EpisodeMemoryWrapper(
+        env,
+        max_patterns=options.max_patterns,
+        write_phases=(0, 1) if options.write_queries and is_probe else (0,),
+        protocol=options.protocol,
+        include_action_reward=options.include_action_reward and not is_probe,
+    )
 
 
-def _wrap_lstm(env: gym.Env, write_queries: bool, frame_stack: int) -> gym.Env:
+def _wrap_ebmm_recurrent(env: gym.Env, options: WrapOptions) -> gym.Env:
+    env = _base(env, options)
+    if _is_probe(env) and options.protocol != "generic":
+        return _wrap_ebmm(env, options)  # the probes' phase decides what is stored
+    return RowObservation(env, include_action_reward=True) if options.include_action_reward else env
+
+
+def _is_probe(env: gym.Env) -> bool:
+    space = env.observation_space
+    return isinstance(space, spaces.Dict) and "pattern" in space.spaces and "phase" in space.spaces
+
+
+def _wrap_frame_stack(env: gym.Env, options: WrapOptions) -> gym.Env:
+    size = options.frame_stack or int(getattr(env.unwrapped, "episode_length", 0)) or 4
+    return FrameStackObservation(_base(env, options, rows=True), size, padding_type="zero")
+
+
+def _wrap_lstm(env: gym.Env, options: WrapOptions) -> gym.Env:
+    env = _base(env, options, rows=True)
     if isinstance(env.action_space, spaces.MultiBinary):
         return MultiBinaryToMultiDiscrete(env)  # RecurrentPPO crashes on MultiBinary (docs/envs.md)
     return env
@@ -202,10 +285,21 @@ def _feature_kwargs(args: Args, energies: bool) -> dict[str, Any]:
 
 def _ebmm_extractor_kwargs(args: Args) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(
-        chunk_size=args.chunk_size, freeze_memory=args.freeze_memory, **_feature_kwargs(args, energies=True)
+        chunk_size=args.chunk_size,
+        freeze_memory=args.freeze_memory,
+        encoder=args.encoder,
+        pattern_size=args.pattern_size,
+        aux_coef=args.aux_coef,
+        **_feature_kwargs(args, energies=True),
     )
     if args.memory_checkpoint:
-        kwargs["memory"] = args.memory_checkpoint
+        kwargs["memory"] = load_memory(args.memory_checkpoint)  # an object: it travels inside model.zip
+        encoder_file = Path(args.memory_checkpoint).parent / "encoder.pt"  # saved by scripts/meta_train_env.py
+        if encoder_file.is_file():
+            record = load_checkpoint(encoder_file)
+            kwargs.update(
+                encoder=record["kind"], pattern_size=int(record["pattern_size"]), encoder_state=record["state"]
+            )
     else:
         kwargs["energy"] = dict(hidden_size=args.hidden_size, dynamic_size=args.dynamic_size)
         kwargs["ebmm"] = dict(
@@ -214,19 +308,17 @@ def _ebmm_extractor_kwargs(args: Args) -> dict[str, Any]:
     return kwargs
 
 
-def _ebmm_policy(args: Args) -> tuple[str | type, dict[str, Any]]:
-    return "MultiInputPolicy", dict(
-        features_extractor_class=EBMMExtractor, features_extractor_kwargs=_ebmm_extractor_kwargs(args)
-    )
+def _ebmm_policy(args: Args, space: spaces.Space) -> tuple[str | type, dict[str, Any]]:
+    return EBMMPolicy, dict(features_extractor_kwargs=_ebmm_extractor_kwargs(args))
 
 
-def _ebmm_recurrent_policy(args: Args) -> tuple[str | type, dict[str, Any]]:
+def _ebmm_recurrent_policy(args: Args, space: spaces.Space) -> tuple[str | type, dict[str, Any]]:
     from ebmm_rl.rl.recurrent import EBMMRecurrentPolicy  # needs sb3-contrib
 
     return EBMMRecurrentPolicy, dict(features_extractor_kwargs=_ebmm_extractor_kwargs(args))
 
 
-def _baseline_policy(name: str, args: Args) -> tuple[str | type, dict[str, Any]]:
+def _baseline_policy(name: str, args: Args, space: spaces.Space) -> tuple[str | type, dict[str, Any]]:
     """``MultiInputPolicy`` + :class:`MemoryExtractor` over the baseline ``name`` of ``ebmm_rl.protocol.MEMORIES``."""
     kwargs: dict[str, Any] = dict(freeze_memory=args.freeze_memory, **_feature_kwargs(args, energies=False))
     if args.memory_checkpoint:
@@ -247,19 +339,20 @@ def _baseline_policy(name: str, args: Args) -> tuple[str | type, dict[str, Any]]
     return "MultiInputPolicy", dict(features_extractor_class=MemoryExtractor, features_extractor_kwargs=kwargs)
 
 
-def _plain_policy(args: Args) -> tuple[str | type, dict[str, Any]]:
-    return "MultiInputPolicy", {}
+def _plain_policy(args: Args, space: spaces.Space) -> tuple[str | type, dict[str, Any]]:
+    return ("MultiInputPolicy" if isinstance(space, spaces.Dict) else "MlpPolicy"), {}
 
 
-def _lstm_policy(args: Args) -> tuple[str | type, dict[str, Any]]:
-    return "MultiInputLstmPolicy", dict(lstm_hidden_size=args.lstm_hidden_size)
+def _lstm_policy(args: Args, space: spaces.Space) -> tuple[str | type, dict[str, Any]]:
+    name = "MultiInputLstmPolicy" if isinstance(space, spaces.Dict) else "MlpLstmPolicy"
+    return name, dict(lstm_hidden_size=args.lstm_hidden_size)
 
 
 MEMORIES: dict[str, MemoryKind] = {
     "ebmm": MemoryKind("PPO/A2C + EBMMExtractor over EpisodeMemoryWrapper (docs/rl.md)", _wrap_ebmm, _ebmm_policy),
     "ebmm-recurrent": MemoryKind(
         "RecurrentPPO + EBMMRecurrentPolicy: the memory's fast weights are the recurrent state",
-        _wrap_ebmm,
+        _wrap_ebmm_recurrent,
         _ebmm_recurrent_policy,
         recurrent=True,
     ),
@@ -315,9 +408,33 @@ def memory_kind(name: str) -> MemoryKind:
     return MEMORIES[name]
 
 
-def wrap_env(env: gym.Env, memory: str, write_queries: bool = False, frame_stack: int = 0) -> gym.Env:
+def wrap_env(env: gym.Env, memory: str, options: WrapOptions = WrapOptions()) -> gym.Env:
     """Wrap one environment for ``memory`` (picklable by reference, so SubprocVecEnv workers can use it)."""
-    return memory_kind(memory).wrap(env, write_queries, frame_stack)
+    return memory_kind(memory).wrap(env, options)
+
+
+def wrap_options(args: Args) -> WrapOptions:
+    """The :class:`WrapOptions` of ``args``."""
+    return WrapOptions(
+        write_queries=_write_queries(args),
+        frame_stack=args.frame_stack,
+        max_patterns=args.max_patterns,
+        protocol=args.protocol,
+        include_action_reward=args.include_action_reward,
+    )
+
+
+def env_id(name: str) -> str:
+    """``name`` with the module prefix that registers it in a fresh worker process (``envs:``, ``minigrid:``)."""
+    if ":" in name:
+        return name
+    if name.startswith("ebmm/"):
+        return f"envs:{name}"
+    if name.startswith("MiniGrid-"):
+        if importlib.util.find_spec("minigrid") is None:
+            raise ValueError(f"{name} needs the minigrid package: pip install -e '.[minigrid]'")
+        return f"minigrid:{name}"
+    return name
 
 
 def make_env(args: Args, n_envs: int | None = None, seed: int | None = None) -> VecEnv:
@@ -326,11 +443,11 @@ def make_env(args: Args, n_envs: int | None = None, seed: int | None = None) -> 
     n_envs = args.n_envs if n_envs is None else n_envs
     subproc = n_envs > 1 and args.vec_env != "dummy"
     return make_vec_env(
-        f"envs:{args.env}",  # the prefix imports envs in fresh worker processes
+        env_id(args.env),  # the prefix imports the registering module in fresh worker processes
         n_envs=n_envs,
         seed=args.seed if seed is None else seed,
         wrapper_class=wrap_env,
-        wrapper_kwargs=dict(memory=args.memory, write_queries=_write_queries(args), frame_stack=args.frame_stack),
+        wrapper_kwargs=dict(memory=args.memory, options=wrap_options(args)),
         vec_env_cls=SubprocVecEnv if subproc else DummyVecEnv,
     )
 
@@ -338,7 +455,7 @@ def make_env(args: Args, n_envs: int | None = None, seed: int | None = None) -> 
 def build_model(args: Args, env: VecEnv) -> BaseAlgorithm:
     """The agent of ``args`` on ``env``."""
     kind = memory_kind(args.memory)
-    policy, extra = kind.policy(args)
+    policy, extra = kind.policy(args, env.observation_space)
     policy_kwargs: dict[str, Any] = dict(net_arch=list(args.net_arch), **extra)
     common = dict(
         learning_rate=args.learning_rate,
@@ -405,11 +522,12 @@ def main(args: Args) -> BaseAlgorithm:
     elapsed = time.time() - start
     model.save(run_dir / "model.zip")
 
-    base = gym.make(args.env).unwrapped
+    base = gym.make(env_id(args.env)).unwrapped
     summary = f"{args.env} {args.memory}: {model.num_timesteps} steps in {elapsed:.1f} s"
     if callbacks:
         summary += f"; last evaluation return {callbacks[0].last_mean_reward:.3f}"
-    summary += f" (chance {getattr(base, 'chance_return', float('nan')):.3f}, max {getattr(base, 'max_return', 1):.3f})"
+    if hasattr(base, "chance_return"):  # the memory probes know both
+        summary += f" (chance {base.chance_return:.3f}, max {getattr(base, 'max_return', 1):.3f})"
     print(summary)
     print(f"saved {run_dir / 'model.zip'}")
     env.close()

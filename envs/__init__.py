@@ -30,9 +30,11 @@ from envs.delayed_recall import SWEEP, SWEEP_DELAYS, DelayedRecallEnv
 from envs.familiarity import FamiliarityEnv
 from envs.image_recall import ImageRecallEnv
 from envs.key_value_recall import KeyValueRecallEnv
+from envs.pomdp import MaskVelocity
 
 __all__ = [
     "ENV_IDS",
+    "POMDP_IDS",
     "REGISTRY",
     "SWEEP",
     "BinaryRecallEnv",
@@ -41,6 +43,7 @@ __all__ = [
     "FamiliarityEnv",
     "ImageRecallEnv",
     "KeyValueRecallEnv",
+    "MaskVelocity",
     "MemoryProbeEnv",
     "Phase",
 ]
@@ -111,10 +114,17 @@ ENV_IDS: tuple[str, ...] = tuple(entry.id for entry in REGISTRY)
 assert tuple(f"ebmm/DelayedRecall-L{d}-v0" for d in SWEEP_DELAYS) == ENV_IDS[-len(SWEEP_DELAYS) :]
 
 
+POMDP_IDS: dict[str, str] = {"ebmm/CartPole-NoVel-v1": "CartPole-v1", "ebmm/Pendulum-NoVel-v1": "Pendulum-v1"}
+"""Classic-control tasks with their velocities masked (:mod:`envs.pomdp`): registered id -> gymnasium id."""
+
+
 def _register() -> None:
     for entry in REGISTRY:
         if entry.id not in gym.registry:  # importing twice (e.g. a reload) must not warn
             gym.register(id=entry.id, entry_point=entry.entry_point, kwargs=dict(entry.kwargs))
+    for new_id, base_id in POMDP_IDS.items():
+        if new_id not in gym.registry:  # the base id keeps its own TimeLimit
+            gym.register(id=new_id, entry_point="envs.pomdp:make_masked", kwargs=dict(env_id=base_id))
 
 
 _register()

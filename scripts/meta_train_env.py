@@ -1,13 +1,21 @@
-r"""Meta-train the agents' EBMM on a memory-probe environment's own episodes (for ``--memory-checkpoint``).
+r"""Meta-train the agents' EBMM on an environment's own episodes (for ``agents.train --memory-checkpoint``).
 
-The memory has the architecture of ``EBMMExtractor``'s fresh memory (``MLPEnergy``, ``DEFAULT_RL_ENERGY``) and
-is trained on exactly what the extractor will do inside an agent: write the episode's stored rows chunk by chunk
-(``--chunk-size``, 1 = one pattern per env step) and read with the query step's pattern; the target is the stored
-row the query asks for (``ebmm_rl.rl.env_meta``)::
+The memory has the architecture of ``EBMMExtractor``'s fresh memory (``MLPEnergy``, ``DEFAULT_RL_ENERGY``). Two
+objectives (``--targets``):
 
-    python scripts/meta_train_env.py --env ebmm/BinaryRecall-Medium-v0 --steps 1500 --threads 1
-    python -m agents.train --env ebmm/BinaryRecall-Medium-v0 --memory ebmm \
-        --memory-checkpoint runs/env__BinaryRecall-Medium-v0__0/best.pt --freeze-memory
+* ``self-supervised`` (default; any env id, no labels): episodes played by a random policy (or a saved SB3 model,
+  ``--collect-model``) become memory rows, as ``EpisodeMemoryWrapper``'s generic protocol stores them; a window of
+  up to ``--window`` consecutive rows is written one pattern per step, and every stored pattern is read back from a
+  distorted copy (``--keep-fraction`` of its entries kept and clamped, the rest noise): the paper's objective
+  (``ebmm_rl.rl.self_supervised``). A learned encoder stays at its seeded initialisation and is saved as
+  ``encoder.pt`` in the run folder, where ``agents.train`` finds it;
+* ``ground-truth`` (the ``ebmm/...`` probes only): the probe protocol's rows, and the stored row each query asks
+  for as the target (``ebmm_rl.rl.env_meta``; privileged labels a real env does not have)::
+
+    python scripts/meta_train_env.py --env ebmm/CartPole-NoVel-v1 --steps 500
+    python -m agents.train --env ebmm/CartPole-NoVel-v1 --memory ebmm-recurrent \
+        --memory-checkpoint runs/env__CartPole-NoVel-v1__0/best.pt
+    python scripts/meta_train_env.py --env ebmm/BinaryRecall-Medium-v0 --targets ground-truth --steps 1500
 
 Resume a killed run with ``--resume --run-dir <folder>``. TensorBoard: ``tensorboard --logdir runs``.
 """
@@ -15,18 +23,33 @@ Resume a killed run with ``--resume --run-dir <folder>``. TensorBoard: ``tensorb
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
+import gymnasium as gym
 import torch
 import tyro
 
+from ebmm_rl.checkpoint import save_atomic
 from ebmm_rl.energy.mlp import MLPConfig, MLPEnergy
 from ebmm_rl.memory import EBMMemory
 from ebmm_rl.rl.env_meta import EnvRecallSampler, recall_forward, recall_metrics
 from ebmm_rl.rl.extractor import DEFAULT_RL_EBMM_CONFIG, DEFAULT_RL_ENERGY
+from ebmm_rl.rl.self_supervised import (
+    EpisodeRows,
+    build_encoder,
+    distort,
+    encoder_record,
+    masked_stepwise_loss,
+    self_supervised_forward,
+)
 from ebmm_rl.training import MetaTrainer, TrainConfig
+
+ENCODER_FILE = "encoder.pt"
+"""The frozen encoder of a self-supervised run, beside its checkpoints."""
 
 
 @dataclass
@@ -34,7 +57,27 @@ class Args:
     """Meta-training of an agent's memory on an environment's episodes."""
 
     env: str = "ebmm/BinaryRecall-Medium-v0"
-    """gymnasium id of a memory probe (BinaryRecall, KeyValueRecall, ImageRecall, DelayedRecall, Familiarity)"""
+    """gymnasium id (any for self-supervised; a memory probe for ground-truth)"""
+    targets: Literal["self-supervised", "ground-truth"] = "self-supervised"
+    """objective: reconstruct stored rows from distorted copies (no labels), or the probes' ground truth"""
+    episodes: int = 200
+    """self-supervised: episodes collected for training (held-out evaluation: a quarter as many, other seeds)"""
+    max_episode_steps: int = 500
+    """self-supervised: cap on the steps of a collected episode"""
+    window: int = 32
+    """self-supervised: consecutive rows written per training example (the agent's --max-patterns)"""
+    keep_fraction: float = 0.5
+    """self-supervised: fraction of a query's entries kept (clamped); the rest is uniform noise"""
+    include_action_reward: bool = False
+    """self-supervised: rows hold the previous action and reward (the agent's --include-action-reward)"""
+    encoder: Literal["auto", "identity", "linear", "cnn"] = "auto"
+    """self-supervised: the agent's --encoder (a learned one stays at its seeded initialisation here)"""
+    pattern_size: int = 32
+    """self-supervised: the agent's --pattern-size"""
+    collect_model: str | None = None
+    """self-supervised: play episodes with this saved SB3 model (model.zip) instead of a random policy"""
+    collect_algo: Literal["ppo", "a2c", "recurrent-ppo"] = "ppo"
+    """self-supervised: the algorithm of --collect-model"""
     write_queries: bool | None = None
     """store query patterns too (EpisodeMemoryWrapper write_phases (0, 1)); default: only for Familiarity,
     as agents.train does"""
@@ -84,11 +127,11 @@ class Args:
     """show a progress bar"""
 
 
-def build_memory(args: Args, sampler: EnvRecallSampler) -> EBMMemory:
-    """The extractor's fresh memory for this environment's patterns."""
+def build_memory(args: Args, pattern_size: int, data_range: tuple[float, float]) -> EBMMemory:
+    """The extractor's fresh memory for patterns of ``pattern_size`` entries in ``data_range``."""
     energy = MLPEnergy(
         MLPConfig(
-            input_size=sampler.pattern_size,
+            input_size=pattern_size,
             **{**DEFAULT_RL_ENERGY, "hidden_size": args.hidden_size, "dynamic_size": args.dynamic_size},
         )
     )
@@ -96,9 +139,106 @@ def build_memory(args: Args, sampler: EnvRecallSampler) -> EBMMemory:
         DEFAULT_RL_EBMM_CONFIG,
         write_steps=args.write_steps,
         read_steps=args.read_steps,
-        data_range=sampler.data_range,
+        data_range=data_range,
     )
     return EBMMemory(energy, config)
+
+
+def _usage_error(message: str) -> None:
+    print(f"meta_train_env.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _make_env(args: Args):  # noqa: ANN202
+    from agents.train import WrapOptions, env_id, wrap_env
+
+    def make() -> gym.Env:
+        return wrap_env(gym.make(env_id(args.env)), "mlp", WrapOptions())  # MiniGrid: the image alone
+
+    return make
+
+
+def _collect_policy(args: Args):  # noqa: ANN202
+    if args.collect_model is None:
+        return None
+    if args.collect_algo == "recurrent-ppo":
+        raise ValueError("--collect-algo recurrent-ppo: a recurrent model needs its state; use a PPO/A2C model")
+    from stable_baselines3 import A2C, PPO
+
+    model = (PPO if args.collect_algo == "ppo" else A2C).load(args.collect_model, device="cpu")
+    return lambda obs, rng: model.predict(obs, deterministic=False)[0]
+
+
+def main_self_supervised(args: Args) -> dict[str, float]:
+    """Self-supervised meta-training on rows of the env's own episodes; prints recall before and after."""
+    make = _make_env(args)
+    policy = _collect_policy(args)
+    train_rows = EpisodeRows(make, args.episodes, args.include_action_reward, policy, args.max_episode_steps, args.seed)
+    held_rows = EpisodeRows(
+        make, max(args.episodes // 4, 1), args.include_action_reward, policy, args.max_episode_steps, 10**6 + args.seed
+    )
+    encoder = build_encoder(train_rows.layout, args.encoder, args.pattern_size, args.seed)
+    encoder.requires_grad_(False)
+    memory = build_memory(args, encoder.pattern_size, encoder.data_range)
+    run_dir = Path(args.run_dir or Path(args.run_root) / f"env__{args.env.split('/')[-1]}__{args.seed}")
+    held = held_rows.sample(args.eval_rows, args.window, torch.Generator().manual_seed(10_000 + args.seed))
+    held_queries = torch.Generator().manual_seed(20_000 + args.seed)
+    forward = self_supervised_forward(encoder, args.chunk_size, args.keep_fraction)
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        rows, lengths = held
+        with torch.no_grad():
+            patterns = encoder(rows)
+        mask = torch.arange(rows.shape[1]) < lengths.unsqueeze(1)
+        queries, known = distort(patterns, model.config.data_range, args.keep_fraction, held_queries.manual_seed(1))
+        with torch.enable_grad():
+            state = model.write_chunked(patterns, args.chunk_size, pattern_mask=mask, create_graph=False)
+            result = model.read(queries, state, known, create_graph=False)
+        _, errors = masked_stepwise_loss(patterns, result, mask)
+        query_error = float(((queries - patterns).pow(2).sum(dim=2) * mask).sum() / mask.sum())
+        return {"sq_error": float(errors[-1]), "sq_error_query": query_error}
+
+    print(f"{args.env}: rows of {train_rows.row_size} entries ({train_rows.layout.describe().count(chr(10)) + 1} "
+          f"parts), encoder {encoder.kind} -> patterns of {encoder.pattern_size}; memory size {memory.memory_size} "
+          f"floats; {len(train_rows.episodes)} episodes ({int(sum(map(len, train_rows.episodes)))} steps) collected; "
+          f"run folder {run_dir}")  # fmt: skip
+    before = evaluate(memory)
+    print("before meta-training: " + ", ".join(f"{k} {v:.4f}" for k, v in before.items()))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_atomic(encoder_record(encoder), run_dir / ENCODER_FILE)
+    trainer = MetaTrainer(
+        memory,
+        lambda g: train_rows.sample(args.batch_size, args.window, g),
+        _train_config(args),
+        run_dir=run_dir,
+        hparams=asdict(args),
+        evaluate=evaluate,
+        forward=forward,
+    )
+    start = time.process_time()
+    after = trainer.train(resume=args.resume)
+    print(
+        f"after {trainer.step} meta-steps ({(time.process_time() - start) / 60:.1f} CPU min): "
+        + ", ".join(f"{k} {v:.4f}" for k, v in after.items())
+    )
+    print(f"use it: --memory-checkpoint {run_dir / 'best.pt'} (the encoder {run_dir / ENCODER_FILE} is found there)")
+    return after
+
+
+def _train_config(args: Args) -> TrainConfig:
+    return TrainConfig(
+        steps=args.steps,
+        lr=args.lr,
+        schedule_lr=args.schedule_lr,
+        grad_clip=args.grad_clip,
+        lr_schedule=args.lr_schedule,
+        checkpoint_every=args.checkpoint_every,
+        eval_every=args.eval_every,
+        time_limit_s=60.0 * args.time_limit_min,
+        seed=args.seed,
+        device=args.device,
+        progress=args.progress,
+    )
 
 
 def main(args: Args) -> dict[str, float]:
@@ -106,12 +246,22 @@ def main(args: Args) -> dict[str, float]:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    write_queries = args.write_queries if args.write_queries is not None else "Familiarity" in args.env
-    sampler = EnvRecallSampler(args.env, write_phases=(0, 1) if write_queries else (0,))
     if args.resume and args.run_dir is None:
-        raise SystemExit("--resume needs --run-dir: the folder of the run to continue")
+        _usage_error("--resume needs --run-dir: the folder of the run to continue")
+    for name in ("steps", "episodes", "window", "batch_size", "eval_rows", "max_episode_steps"):
+        if getattr(args, name) < 1:
+            _usage_error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0.0 <= args.keep_fraction < 1.0:
+        _usage_error(f"--keep-fraction must lie in [0, 1), got {args.keep_fraction}")
+    if args.targets == "self-supervised":
+        return main_self_supervised(args)
+    write_queries = args.write_queries if args.write_queries is not None else "Familiarity" in args.env
+    try:
+        sampler = EnvRecallSampler(args.env, write_phases=(0, 1) if write_queries else (0,))
+    except ValueError as error:
+        _usage_error(f"--targets ground-truth: {error}")
     run_dir = Path(args.run_dir or Path(args.run_root) / f"env__{args.env.split('/')[-1]}__{args.seed}")
-    memory = build_memory(args, sampler)
+    memory = build_memory(args, sampler.pattern_size, sampler.data_range)
     held_out = sampler.sample(args.eval_rows, torch.Generator().manual_seed(10_000 + args.seed))
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
@@ -123,19 +273,7 @@ def main(args: Args) -> dict[str, float]:
     trainer = MetaTrainer(
         memory,
         sampler.sampler(args.batch_size),
-        TrainConfig(
-            steps=args.steps,
-            lr=args.lr,
-            schedule_lr=args.schedule_lr,
-            grad_clip=args.grad_clip,
-            lr_schedule=args.lr_schedule,
-            checkpoint_every=args.checkpoint_every,
-            eval_every=args.eval_every,
-            time_limit_s=60.0 * args.time_limit_min,
-            seed=args.seed,
-            device=args.device,
-            progress=args.progress,
-        ),
+        _train_config(args),
         run_dir=run_dir,
         hparams=asdict(args),
         evaluate=evaluate,

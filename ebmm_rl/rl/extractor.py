@@ -55,10 +55,16 @@ __all__ = [
 DEFAULT_RL_ENERGY = dict(hidden_size=64, dynamic_size=32, hops=2)
 """Sizes of the fresh :class:`MLPEnergy` the extractor builds when given no memory (``input_size`` = ``D``)."""
 
-DEFAULT_RL_EBMM_CONFIG = EBMMConfig(write_steps=3, read_steps=3, write_lr_init=0.1, read_step_init=2.0)
+DEFAULT_RL_EBMM_CONFIG = EBMMConfig(
+    write_steps=3, read_steps=3, write_lr_init=0.1, read_step_init=2.0, use_grad_norm_term=False
+)
 """Write/read rules of a fresh memory: fewer steps than the paper's 5 (each costs a double-backward per env
-step), and the initial step sizes that ``scripts/meta_train_binary.py`` found to learn fast (the paper's 1e-4
-write rate barely changes the fast weights before meta-training). ``data_range`` comes from the wrapper."""
+step), the initial step sizes that ``scripts/meta_train_binary.py`` found to learn fast (the paper's 1e-4
+write rate barely changes the fast weights before meta-training), and no ``α‖∇ₓE‖²`` term in the writing loss:
+with it, every RL update backpropagates through third-order graphs, and RecurrentPPO + EBMMRecurrentPolicy on
+CartPole (8 envs, 1 thread) cost 92 ms per env step against 6.8 ms without it (``docs/rl.md``). The paper's
+App. D reports that the term helps recall; ``ebmm=dict(use_grad_norm_term=True)`` restores it.
+``data_range`` comes from the encoder."""
 
 _REQUIRED_KEYS = ("history", "history_len", "query")
 
@@ -228,6 +234,8 @@ class EBMMExtractor(HistoryFeaturesExtractor):
             patterns ``[..., P]`` with attributes ``pattern_size`` and ``data_range`` (a :class:`RowEncoder`).
             ``"auto"`` with a given ``memory`` is ``"identity"`` when the memory takes rows of size ``D``.
         pattern_size: ``P`` of a learned encoder.
+        encoder_state: weights for the encoder built by kind (``scripts/meta_train_env.py`` saves those its memory
+            was meta-trained with); SB3's orthogonal re-initialisation then leaves the encoder alone.
         chunk_size: patterns written per chunk (``T`` write steps each); 1 = one pattern per env step (online
             writing), ``>= max_patterns`` = the whole history at once (batch writing, as in the paper).
         freeze_memory: set ``requires_grad=False`` on every parameter of the memory (the RL loss then does not
@@ -252,6 +260,7 @@ class EBMMExtractor(HistoryFeaturesExtractor):
         ebmm: dict[str, Any] | None = None,
         encoder: str | nn.Module = "auto",
         pattern_size: int = DEFAULT_PATTERN_SIZE,
+        encoder_state: dict[str, Tensor] | None = None,
         chunk_size: int = 1,
         freeze_memory: bool = False,
         net_arch: Sequence[int] = (),
@@ -275,6 +284,15 @@ class EBMMExtractor(HistoryFeaturesExtractor):
         if isinstance(memory, str | os.PathLike):
             memory = load_memory(memory)
         self.encoder = self._build_encoder(encoder, pattern_size, memory)
+        if encoder_state is not None:
+            try:
+                self.encoder.load_state_dict(encoder_state)
+            except RuntimeError as error:
+                raise ValueError(
+                    f"encoder_state does not fit the {getattr(self.encoder, 'kind', 'given')} encoder of rows of "
+                    f"{self.row_size} entries (was it saved for another environment?): {error}"
+                ) from None
+            self._encoder_from_checkpoint = True
         self.pattern_size = int(self.encoder.pattern_size)
         self.data_range = tuple(float(v) for v in self.encoder.data_range)
         self.memory = self._build_memory(memory, energy, ebmm, self.data_range)
