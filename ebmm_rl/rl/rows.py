@@ -334,8 +334,11 @@ def check_model_observation(observation: Any, space: spaces.Space) -> None:
                 "the settings it was trained with) before predicting or evaluating"
             )
     elif isinstance(space, RowsBox):
-        shape = np.shape(observation)
-        if isinstance(observation, dict) or tuple(shape[-len(space.shape) :]) != space.shape:
+        try:
+            shape = () if isinstance(observation, dict | tuple) else np.shape(observation)
+        except ValueError:  # a ragged sequence
+            shape = ()
+        if tuple(shape[-len(space.shape) :]) != space.shape:
             raise ValueError(
                 f"this model was trained on memory rows of shape {space.shape}; apply "
                 f"{space.wrapper or 'ebmm_rl.rl.RowObservation(env, ...)'} to the environment before predicting"

@@ -1,0 +1,336 @@
+"""EBMM on environments of any observation space: rows, wrappers, encoders, both routes, saving, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from gymnasium.utils.env_checker import check_env
+from sb3_contrib import RecurrentPPO
+from stable_baselines3 import PPO
+
+from ebmm_rl import EBMMPolicy, EBMMRecurrentPolicy, EpisodeMemoryWrapper, RowObservation
+from ebmm_rl.rl.encoders import RowEncoder
+from ebmm_rl.rl.rows import RowLayout
+from tests.generic_envs import SPACES, SpaceEnv
+
+TINY = dict(n_steps=16, batch_size=16, n_epochs=1)
+
+
+# ------------------------------------------------------------------------------------------------------ rows
+@pytest.mark.parametrize("name", sorted(SPACES))
+def test_row_flattening_follows_gymnasium(name):
+    """The row before the mapping is gymnasium's own ``spaces.flatten`` (the independent reference)."""
+    space = SPACES[name]
+    layout = RowLayout(space)
+    space.seed(3)
+    for _ in range(5):
+        obs = space.sample()
+        np.testing.assert_allclose(layout.flatten_numpy(obs), spaces.flatten(space, obs).astype(np.float64))
+
+
+def test_row_mapping_by_hand():
+    space = spaces.Dict(
+        {"a": spaces.Box(0.0, 10.0, (2,), np.float32), "b": spaces.Discrete(3), "c": spaces.Box(-np.inf, np.inf, (1,))}
+    )
+    layout = RowLayout(space, spaces.Discrete(2), include_action=True, include_reward=True, data_range=(-1.0, 1.0))
+    row = layout.numpy_row({"a": np.array([0.0, 5.0]), "b": 2, "c": np.array([0.5])}, action=1, reward=-2.0)
+    # a: [0, 10] -> [-1, 1]; b: one-hot -> {-1, 1}; c: tanh(0.5); action one-hot; reward tanh(-2)
+    expected = [-1.0, 0.0, -1.0, -1.0, 1.0, np.tanh(0.5), -1.0, 1.0, np.tanh(-2.0)]
+    np.testing.assert_allclose(row, expected, rtol=1e-6, atol=1e-6)
+    first = layout.numpy_row({"a": np.array([10.0, 10.0]), "b": 0, "c": np.array([0.0])})  # before any action
+    np.testing.assert_allclose(first[-3:], [-1.0, -1.0, 0.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["box", "unbounded", "image", "discrete", "multidiscrete", "multibinary", "dict"])
+def test_torch_rows_equal_numpy_rows(name):
+    space = SPACES[name]
+    layout = RowLayout(space)
+    space.seed(0)
+    observations = [space.sample() for _ in range(4)]
+    if isinstance(space, spaces.Dict):
+        batch = {k: torch.as_tensor(np.stack([np.asarray(o[k]) for o in observations])) for k in space.spaces}
+    else:
+        batch = torch.as_tensor(np.stack([np.asarray(o) for o in observations]))
+    expected = np.stack([layout.numpy_row(o) for o in observations])
+    np.testing.assert_allclose(layout.torch_rows(batch).numpy(), expected, atol=1e-6)
+
+
+def test_unsupported_spaces_name_the_supported_ones():
+    for space in (spaces.Text(5), spaces.Sequence(spaces.Discrete(2)), spaces.Dict({"m": spaces.Text(3)})):
+        with pytest.raises(ValueError, match="supported: Box"):
+            EpisodeMemoryWrapper(SpaceEnv(space))
+
+
+def test_non_finite_observations_name_the_step():
+    class NaNEnv(SpaceEnv):
+        def _observe(self):
+            return np.full(2, np.nan if self._t == 2 else 0.0, dtype=np.float32)
+
+    env = EpisodeMemoryWrapper(NaNEnv(spaces.Box(-1.0, 1.0, (2,), np.float32)), max_patterns=4)
+    env.reset(seed=0)
+    env.step(0)
+    with pytest.raises(ValueError, match="step 2 of the episode"):
+        env.step(0)
+
+
+# -------------------------------------------------------------------------------------------------- wrapper
+def test_fifo_window_keeps_the_latest_rows():
+    env = EpisodeMemoryWrapper(SpaceEnv(spaces.Discrete(5), length=20), max_patterns=3)
+    obs, _ = env.reset(seed=0)
+    queries = [obs["query"]]
+    for _ in range(9):
+        obs, *_ = env.step(0)
+        queries.append(obs["query"])
+    assert obs["history_len"] == 3
+    np.testing.assert_array_equal(obs["history"], np.stack(queries[-4:-1]))  # the 3 rows before the current one
+    overflow = EpisodeMemoryWrapper(SpaceEnv(spaces.Discrete(5), length=20), max_patterns=3, overflow="error")
+    overflow.reset(seed=0)
+    with pytest.raises(ValueError, match="larger max_patterns"):
+        for _ in range(5):
+            overflow.step(0)
+
+
+def test_include_action_reward_appends_the_previous_step():
+    env = EpisodeMemoryWrapper(SpaceEnv(spaces.Discrete(3), length=4), max_patterns=4, include_action_reward=True)
+    obs, _ = env.reset(seed=0)
+    assert obs["query"].shape == (3 + 2 + 1,)
+    np.testing.assert_allclose(obs["query"][3:], [-1.0, -1.0, 0.0])  # no action yet, reward 0
+    obs, reward, *_ = env.step(1)
+    np.testing.assert_allclose(obs["query"][3:], [-1.0, 1.0, np.tanh(reward)], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: EpisodeMemoryWrapper(gym.make("CartPole-v1"), max_patterns=4, include_action_reward=True),
+        lambda: EpisodeMemoryWrapper(SpaceEnv(SPACES["dict"]), max_patterns=4),
+        lambda: EpisodeMemoryWrapper(gym.make("envs:ebmm/BinaryRecall-Easy-v0")),
+        lambda: RowObservation(SpaceEnv(SPACES["tuple"]), include_action_reward=True),
+    ],
+)
+def test_wrappers_pass_check_env_with_warnings_as_errors(make):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", message=".*different from the unwrapped version")  # any wrapper
+        check_env(make(), skip_render_check=True)
+
+
+# ------------------------------------------------------------------------------------------------- encoders
+def test_auto_encoder_kinds():
+    assert RowEncoder("auto", 8, (-1.0, 1.0)).kind == "identity"
+    assert RowEncoder("auto", 100, (-1.0, 1.0)).kind == "linear"
+    assert RowEncoder("auto", 192, (-1.0, 1.0), RowLayout(SPACES["image"])).kind == "cnn"
+    with pytest.raises(ValueError, match="needs rows that hold an image"):
+        RowEncoder("cnn", 8, (-1.0, 1.0), RowLayout(SPACES["box"]))
+
+
+def test_cnn_encoder_reads_the_image_in_its_layout():
+    layout = RowLayout(SPACES["dict"])  # the image sits between the one-hot id and the vector
+    encoder = RowEncoder("cnn", layout.size, layout.data_range, layout, pattern_size=5)
+    image = torch.rand(2, 8, 8, 3) * 2 - 1
+    rows = torch.zeros(2, layout.size)
+    seg = layout.image_segments[0]
+    rows[:, seg.offset : seg.offset + seg.size] = image.reshape(2, -1)
+    expected = torch.tanh(
+        encoder.project(torch.cat([encoder.cnns[0](image.permute(0, 3, 1, 2)), rows[:, encoder.rest]], dim=1))
+    )
+    torch.testing.assert_close(encoder(rows), expected)
+    assert encoder(rows).shape == (2, 5) and encoder(rows).abs().max() < 1
+
+
+@pytest.mark.parametrize("route", ["extractor", "recurrent"])
+def test_rl_gradients_reach_the_encoder(route):
+    env = SpaceEnv(SPACES["dict"])
+    kwargs = dict(features_extractor_kwargs=dict(freeze_memory=True))
+    if route == "extractor":
+        model = PPO(EBMMPolicy, EpisodeMemoryWrapper(env, max_patterns=4), policy_kwargs=kwargs, **TINY)
+    else:
+        model = RecurrentPPO(EBMMRecurrentPolicy, env, policy_kwargs=kwargs, **TINY)
+    encoder = model.policy.features_extractor.encoder
+    memory = model.policy.features_extractor.memory
+    before = [p.detach().clone() for p in encoder.parameters()]
+    theta = [p.detach().clone() for p in memory.parameters()]
+    model.learn(32)
+    assert any(not torch.equal(a, p) for a, p in zip(before, encoder.parameters(), strict=True))
+    assert all(torch.equal(a, p) for a, p in zip(theta, memory.parameters(), strict=True))  # frozen memory
+
+
+# ------------------------------------------------------------------------------------------- both routes
+def _model(route: str, name: str):
+    env = SpaceEnv(SPACES[name])
+    if route == "extractor":
+        return PPO(EBMMPolicy, EpisodeMemoryWrapper(env, max_patterns=4), **TINY)
+    if name == "tuple":  # SB3 rejects Tuple observation spaces: the row wrapper makes a Box of it
+        env = RowObservation(env)
+    return RecurrentPPO(EBMMRecurrentPolicy, env, **TINY)
+
+
+def test_every_space_through_both_routes_learns_saves_and_reloads_in_a_fresh_process(tmp_path):
+    saved = []
+    for route in ("extractor", "recurrent"):
+        for name in sorted(SPACES):
+            model = _model(route, name)
+            model.learn(64)
+            path = tmp_path / f"{route}_{name}.zip"
+            model.save(path)
+            obs, _ = model.get_env().envs[0].reset(seed=1)
+            action, _ = model.predict(obs, deterministic=True)
+            saved.append((route, name, str(path), int(np.asarray(action).reshape(-1)[0])))
+    script = f"""
+import sys
+import numpy as np
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from sb3_contrib import RecurrentPPO
+from stable_baselines3 import PPO
+from ebmm_rl import EpisodeMemoryWrapper, RowObservation
+from tests.generic_envs import SPACES, SpaceEnv
+for route, name, path, expected in {saved!r}:
+    env = SpaceEnv(SPACES[name])
+    if route == "extractor":
+        env = EpisodeMemoryWrapper(env, max_patterns=4)
+        model = PPO.load(path)
+    else:
+        env = RowObservation(env) if name == "tuple" else env
+        model = RecurrentPPO.load(path)
+    obs, _ = env.reset(seed=1)
+    action, _ = model.predict(obs, deterministic=True)
+    assert int(np.asarray(action).reshape(-1)[0]) == expected, (route, name)
+print("reloaded", len({saved!r}))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"reloaded {len(saved)}" in out.stdout
+
+
+def test_recurrent_route_writes_each_step_once_and_reads_before_writing():
+    env = SpaceEnv(SPACES["box"], length=6)
+    model = RecurrentPPO(EBMMRecurrentPolicy, env, **TINY)
+    policy = model.policy
+    ext = policy.features_extractor
+    obs = torch.as_tensor(np.stack([env.observation_space.sample() for _ in range(5)]))  # one sequence of 5 steps
+    state = (torch.zeros(1, 1, policy.memory_size), torch.zeros(1, 1, policy.memory_size))
+    starts = torch.tensor([1.0, 0, 0, 0, 0])
+    with torch.no_grad():
+        features, final = policy.unroll(obs, state, starts)
+    # Reference: an explicit loop, one write per step after the read.
+    patterns = ext.encode(ext.rows(obs)).unsqueeze(0)  # [1, 5, P]
+    memory = ext.memory.initial_state(1)
+    expected = []
+    with torch.no_grad():
+        for t in range(5):
+            expected.append(ext.head(ext.read_features(patterns[:, t], memory)))
+            memory = ext.memory.write(patterns[:, t : t + 1], memory)
+    torch.testing.assert_close(features, torch.cat(expected))
+    assert int(final[1][0, 0, 0]) == 5  # five rows written
+
+
+def test_an_episode_of_500_steps_runs_on_both_routes():
+    env = SpaceEnv(SPACES["box"], length=500)
+    PPO(EBMMPolicy, EpisodeMemoryWrapper(env, max_patterns=4), n_steps=512, batch_size=512, n_epochs=1).learn(512)
+    model = RecurrentPPO(EBMMRecurrentPolicy, env, n_steps=512, batch_size=128, n_epochs=1)
+    model.learn(512)
+    assert model.num_timesteps == 512
+
+
+def test_aux_loss_is_logged_and_trains_the_memory():
+    env = SpaceEnv(SPACES["box"])
+    model = RecurrentPPO(
+        EBMMRecurrentPolicy, env, policy_kwargs=dict(features_extractor_kwargs=dict(aux_coef=1.0)), **TINY
+    )
+    model.learn(32)
+    assert model.policy.features_extractor.last_aux_loss is not None
+    ext_model = PPO(
+        EBMMPolicy,
+        EpisodeMemoryWrapper(env, max_patterns=4),
+        policy_kwargs=dict(features_extractor_kwargs=dict(aux_coef=1.0)),
+        **TINY,
+    )
+    ext_model.learn(32)
+    assert np.isfinite(ext_model.policy.features_extractor.last_aux_loss)
+
+
+def test_inject_loss_adds_its_gradient():
+    from ebmm_rl.rl.extractor import inject_loss
+
+    w = torch.tensor([2.0], requires_grad=True)
+    features = w * torch.tensor([1.0, 3.0])
+    aux = (w - 5.0).pow(2).sum()  # d/dw = 2 (w - 5) = -6
+    out = inject_loss(features, aux, 0.5)
+    out.sum().backward()  # d/dw of sum(features) = 4, plus 0.5 * -6
+    torch.testing.assert_close(w.grad, torch.tensor([4.0 - 3.0]))
+
+
+# ------------------------------------------------------------------------------------------------ errors
+def test_predict_on_the_unwrapped_env_names_the_wrapper():
+    model = PPO(EBMMPolicy, EpisodeMemoryWrapper(SpaceEnv(SPACES["box"]), max_patterns=5), **TINY)
+    raw, _ = SpaceEnv(SPACES["box"]).reset(seed=0)
+    with pytest.raises(ValueError, match=r"EpisodeMemoryWrapper\(env, max_patterns=5\)"):
+        model.predict(raw)
+    recurrent = RecurrentPPO(EBMMRecurrentPolicy, RowObservation(SpaceEnv(SPACES["tuple"])), **TINY)
+    raw, _ = SpaceEnv(SPACES["tuple"]).reset(seed=0)
+    with pytest.raises(ValueError, match=r"RowObservation\(env\)"):
+        recurrent.predict(raw)
+
+
+def test_encoder_of_another_env_is_refused():
+    from ebmm_rl import EBMMExtractor
+
+    wrapped = EpisodeMemoryWrapper(SpaceEnv(SPACES["box"]), max_patterns=4)
+    other = RowEncoder("linear", 7, (-1.0, 1.0), pattern_size=4)
+    with pytest.raises(ValueError, match="rows of 7 entries"):
+        EBMMExtractor(wrapped.observation_space, encoder=other)
+    with pytest.raises(ValueError, match="does not fit"):
+        EBMMExtractor(wrapped.observation_space, encoder="linear", encoder_state=other.state_dict())
+
+
+def test_stateless_policy_on_a_raw_env_names_both_fixes():
+    with pytest.raises(ValueError, match="EpisodeMemoryWrapper"):
+        PPO(EBMMPolicy, SpaceEnv(SPACES["dict"]), **TINY)
+
+
+def test_recurrent_policy_refuses_a_generic_history():
+    with pytest.raises(ValueError, match="needs no history"):
+        RecurrentPPO(EBMMRecurrentPolicy, EpisodeMemoryWrapper(SpaceEnv(SPACES["box"]), max_patterns=4), **TINY)
+
+
+# ----------------------------------------------------------------------------------------- self-supervised
+def test_self_supervised_meta_training_lowers_its_loss_on_a_foreign_env():
+    import dataclasses
+
+    from ebmm_rl.energy.mlp import MLPConfig, MLPEnergy
+    from ebmm_rl.memory import EBMMemory
+    from ebmm_rl.rl.extractor import DEFAULT_RL_EBMM_CONFIG
+    from ebmm_rl.rl.self_supervised import EpisodeRows, build_encoder, self_supervised_forward
+
+    torch.manual_seed(0)
+    rows = EpisodeRows(lambda: gym.make("CartPole-v1"), episodes=10, include_action_reward=True, seed=0)
+    held = EpisodeRows(lambda: gym.make("CartPole-v1"), episodes=4, include_action_reward=True, seed=99)
+    encoder = build_encoder(rows.layout, "auto", 8, seed=0)
+    memory = EBMMemory(
+        MLPEnergy(MLPConfig(input_size=encoder.pattern_size, hidden_size=32, dynamic_size=16)),
+        dataclasses.replace(DEFAULT_RL_EBMM_CONFIG, data_range=encoder.data_range),
+    )
+    forward = self_supervised_forward(encoder)
+    batch = held.sample(16, 8, torch.Generator().manual_seed(1))
+
+    def held_loss() -> float:
+        torch.manual_seed(5)  # the same distortions each time
+        return float(forward(memory, batch).loss)
+
+    before = held_loss()
+    optimizer = torch.optim.Adam(memory.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        loss = forward(memory, rows.sample(16, 8, generator)).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert held_loss() < 0.7 * before
