@@ -89,6 +89,8 @@ class TrainConfig:
         seed: seed of the batch generator and of the weights' initialisation.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         progress: show a progress bar.
+        status_every_s: without a progress bar, print a status line (step, loss, error, gradient norm, episodes/s,
+            CPU minutes) at the first logging step after every this many seconds of wall time; 0: never.
     """
 
     steps: int = 10_000
@@ -109,12 +111,15 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
+    status_every_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.lr <= 0 or self.grad_clip <= 0 or self.log_every < 1 or self.checkpoint_every < 1:
             raise ValueError(
                 "TrainConfig: need steps >= 0, lr > 0, grad_clip > 0, log_every >= 1, checkpoint_every >= 1"
             )
+        if self.status_every_s < 0:
+            raise ValueError(f"TrainConfig.status_every_s must be >= 0 (0: never), got {self.status_every_s}")
         if self.time_limit_s < 0:
             raise ValueError(f"TrainConfig.time_limit_s must be >= 0 (0: no limit), got {self.time_limit_s}")
         if self.lr_schedule not in ("constant", "cosine"):
@@ -351,6 +356,7 @@ class MetaTrainer:
         last: dict[str, float] = {}
         episodes, window_start = 0, time.perf_counter()
         cpu_start = time.process_time()
+        last_status = time.perf_counter()
         try:
             while self.step < cfg.steps:
                 if cfg.time_limit_s and time.process_time() - cpu_start >= cfg.time_limit_s:
@@ -370,6 +376,13 @@ class MetaTrainer:
                     if writer is not None:
                         self._log_scalars(writer, stats, rate)
                     last = {"loss": stats.loss}
+                    if (
+                        not cfg.progress
+                        and cfg.status_every_s
+                        and time.perf_counter() - last_status >= cfg.status_every_s
+                    ):
+                        last_status = time.perf_counter()
+                        print(self._status_line(stats, rate, time.process_time() - cpu_start), flush=True)
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.evaluate is not None:
                     last = self._run_eval(writer)
                 if self.step % cfg.checkpoint_every == 0:
@@ -392,6 +405,14 @@ class MetaTrainer:
         return last
 
     # ------------------------------------------------------------------------------------------------ logging
+    def _status_line(self, stats: StepStats, episodes_per_s: float, cpu_seconds: float) -> str:
+        """One line on where training stands, for runs without a progress bar."""
+        return (
+            f"step {self.step}/{self.config.steps}: loss {stats.loss:.4g}, error {stats.errors[-1]:.4g}, grad norm "
+            f"{stats.grad_norm:.3g}, {episodes_per_s:.1f} episodes/s, {cpu_seconds / 60:.1f} CPU-min, "
+            f"{self.skipped_total} skipped"
+        )
+
     def _tensorboard(self):
         if self.run_dir is None:
             return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace as dataclasses_replace
 
 import pytest
@@ -260,3 +261,16 @@ def test_checkpoints_without_scheduler_state_still_resume_on_schedule(tmp_path):
     assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(
         3e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 3 / 6)))
     )
+
+
+def test_status_lines_without_a_progress_bar(capsys):
+    MetaTrainer(tiny_memory(), sampler, config(steps=4, log_every=2, status_every_s=1e-9)).train()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert [line.split(":")[0] for line in lines] == ["step 2/4", "step 4/4"]
+    assert all(
+        re.search(r"loss \S+, error \S+, grad norm \S+, \S+ episodes/s, \S+ CPU-min, 0 skipped", ln) for ln in lines
+    )
+    MetaTrainer(tiny_memory(), sampler, config(steps=4, log_every=2)).train()  # default: one line a minute at most
+    assert "step 2/4" not in capsys.readouterr().out
+    with pytest.raises(ValueError, match="status_every_s"):
+        config(status_every_s=-1)
