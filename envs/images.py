@@ -1,9 +1,9 @@
 """Image sources for :class:`envs.image_recall.ImageRecallEnv`: Omniglot or procedural glyphs.
 
-numpy and pillow (no torch). Omniglot is read straight from the upstream zip (``images_background.zip``
-holding ``images_background/<Alphabet>/characterNN/XXXX_YY.png``, 105x105 1-bit PNGs), so no unzipped copy
-is needed; the PNGs are decoded with pillow. Images are downscaled by area averaging and cached per process,
-so creating many environments is cheap.
+numpy (no torch). Omniglot is read straight from the upstream zip (``images_background.zip`` holding
+``images_background/<Alphabet>/characterNN/XXXX_YY.png``, 105x105 1-bit PNGs), so no unzipped copy is
+needed; the PNGs are decoded with pillow, imported only then (``import envs`` stays numpy + gymnasium).
+Images are downscaled by area averaging and cached per process, so creating many environments is cheap.
 
 All images here are "ink" images: float32 in [0, 1], 1 where the character is drawn.
 """
@@ -17,9 +17,9 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 __all__ = [
     "OMNIGLOT_ZIP",
@@ -78,6 +78,8 @@ def decode_png(data: bytes) -> np.ndarray:
     Raises:
         PNGFormatError: not a PNG, or a damaged one (truncated, failing a chunk CRC, undecodable image data).
     """
+    from PIL import Image, UnidentifiedImageError
+
     if data[:8] != _PNG_SIGNATURE:
         raise PNGFormatError("Not a PNG file: the 8-byte PNG signature is missing.")
     try:
@@ -94,8 +96,8 @@ def decode_png(data: bytes) -> np.ndarray:
         raise PNGFormatError(f"Damaged PNG: {err}.") from err
 
 
-def _gray(image: Image.Image) -> np.ndarray:
-    """``[H, W]`` uint8 gray levels of a loaded pillow image (see :func:`decode_png` for the conversion)."""
+def _gray(image: Any) -> np.ndarray:
+    """``[H, W]`` uint8 gray levels of a loaded ``PIL.Image.Image`` (see :func:`decode_png` for the conversion)."""
     mode = image.mode
     if mode == "1":
         return np.asarray(image, dtype=np.uint8) * np.uint8(255)
