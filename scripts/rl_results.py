@@ -17,7 +17,11 @@ env (``--meta-dir``/``env__<Family>-<Level>-v0__0/best.pt``, meta-trained on the
     python scripts/rl_results.py --agents mlp ebmm-meta --meta-dir /work/runs_rl2/meta --steps 30000
 
 ``--doc`` replaces the block between ``<!-- rl_results:begin -->`` and ``<!-- rl_results:end -->`` of that file
-(appending one if there is none); ``--out`` always receives the table alone.
+(appending one if there is none); ``--out`` always receives the table alone. ``--plot`` draws one panel per env
+(every agent's mean return with its 95% interval, chance and oracle as labelled lines); ``--replot <doc>`` redraws
+it from the table already in a doc, without the per-run JSONs::
+
+    python scripts/rl_results.py --replot docs/rl_results.md --plot docs/rl_results.png
 """
 
 from __future__ import annotations
