@@ -2,12 +2,23 @@
 
 The SB3 integration is exported lazily (``from ebmm_rl import EBMMExtractor, MemoryExtractor``), so
 ``import ebmm_rl`` alone does not import Stable-Baselines3.
+
+``import ebmm_rl`` also registers the memory-probe environments ``ebmm/<Name>[-<Level>]-v0`` of :mod:`envs` with
+gymnasium, and gymnasium's module prefix imports it in a fresh process (a ``SubprocVecEnv`` worker, say)::
+
+    import gymnasium as gym
+
+    env = gym.make("ebmm_rl:ebmm/BinaryRecall-v0")  # imports ebmm_rl, which registers the ids, then makes the env
+
+(Gymnasium 1.x has no plugin entry points: its ``gymnasium.envs`` entry-point group was removed in 1.0, so the
+module prefix or an import is how a third-party package's ids get registered.)
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import envs  # noqa: F401  (registers the ebmm/... gymnasium ids; numpy + gymnasium only)
 from ebmm_rl.checkpoint import load_memory, save_memory
 from ebmm_rl.memory import EBMMConfig, EBMMemory, MemoryState, MetaOutput, ReadResult
 

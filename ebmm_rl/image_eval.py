@@ -42,6 +42,7 @@ __all__ = [
     "episode_errors",
     "familiarity_auroc",
     "hamming_errors",
+    "grid_column_names",
     "image_grid",
     "iteration_grid",
     "match_images",
@@ -206,10 +207,15 @@ def iteration_grid(
     return image_grid(cells.detach().float().cpu(), **grid), cell_energies.detach().float().cpu()
 
 
+def grid_column_names(num_columns: int) -> list[str]:
+    """Names of :func:`iteration_grid`'s columns: ``query``, ``k=1`` .. ``k=K``, ``original`` (K + 2 columns)."""
+    return ["query", *(f"k={k}" for k in range(1, num_columns - 1)), "original"]
+
+
 def energy_table(cell_energies: Tensor) -> str:
     """A markdown table of :func:`iteration_grid`'s energies: one row per grid row, columns as in the grid."""
     R, cols = cell_energies.shape
-    names = ["query", *(f"k={k}" for k in range(1, cols - 1)), "original"]
+    names = grid_column_names(cols)
     lines = ["|row|" + "|".join(names) + "|", "|-" * (cols + 1) + "|"]
     lines += [f"|{r}|" + "|".join(f"{e:.4g}" for e in cell_energies[r].tolist()) + "|" for r in range(R)]
     return "\n".join(lines)
@@ -395,6 +401,9 @@ class EvalResult:
         cell_energies: ``[rows, K + 2]`` energies of the grid's cells.
         energies: Fig. 6 energies by class, each flattened over all evaluation batches.
         episode_scores: ``[num_batches · B]`` mean error per image of each episode (the paper's "batch").
+        reference_scores: the same per-episode errors of two answers that use no memory, on the same episodes:
+            ``"no_retrieval"`` (the distorted query itself) and ``"blank"`` (an all-zero image: the background of
+            Omniglot and MNIST, black for colour images).
     """
 
     metrics: dict[str, float]
@@ -403,6 +412,7 @@ class EvalResult:
     cell_energies: Tensor
     energies: dict[str, Tensor] = field(repr=False)
     episode_scores: Tensor = field(default_factory=lambda: torch.zeros(0), repr=False)
+    reference_scores: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
 
 class ImageEvaluator:
@@ -481,6 +491,7 @@ class ImageEvaluator:
         """Write, read and score ``num_batches`` batches; energies of the first batch's iterates for the grid."""
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
         scores, episode_scores, classes = [], [], {}
+        references: dict[str, list[Tensor]] = {"no_retrieval": [], "blank": []}
         grid = cell_energies = None
         metrics: dict[str, float] = {}
         for i in range(self.num_batches):
@@ -495,6 +506,8 @@ class ImageEvaluator:
             errors = retrieval_errors(result.retrieved, patterns, self.binary)  # [B, N]
             scores.append(float(errors.mean()))
             episode_scores.append(errors.mean(dim=1).double().cpu())
+            for name, answer in (("no_retrieval", queries), ("blank", torch.zeros_like(patterns))):
+                references[name].append(retrieval_errors(answer, patterns, self.binary).mean(dim=1).double().cpu())
             for name, e in energy_classes(memory, state, patterns, queries, others, ood).items():
                 classes.setdefault(name, []).append(e.flatten().float().cpu())
             if i == 0:
@@ -514,7 +527,10 @@ class ImageEvaluator:
         }
         energies = {name: torch.cat(parts) for name, parts in classes.items()}
         metrics.update({f"energy_{name}": float(e.mean()) for name, e in energies.items()})
-        return EvalResult(metrics, torch.tensor(scores), grid, cell_energies, energies, torch.cat(episode_scores))
+        reference_scores = {name: torch.cat(parts) for name, parts in references.items()}
+        return EvalResult(
+            metrics, torch.tensor(scores), grid, cell_energies, energies, torch.cat(episode_scores), reference_scores
+        )
 
     def log(self, result: EvalResult, writer: Any, step: int) -> None:
         """Write ``result`` to a ``SummaryWriter``.

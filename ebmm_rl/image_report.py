@@ -278,25 +278,47 @@ def _save(fig: Any, plt: Any, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def save_png(image: Tensor, path: str | os.PathLike[str], scale: int = 3) -> Path:
+def save_png(
+    image: Tensor,
+    path: str | os.PathLike[str],
+    scale: int = 3,
+    column_labels: Sequence[str] | None = None,
+    padding: int = 2,
+) -> Path:
     """Write ``image [C, H, W]`` (values in [0, 1], C = 1 or 3) as a PNG, enlarged ``scale`` times (nearest pixel).
 
     Args:
         image: ``[C, H, W]``, e.g. :func:`ebmm_rl.image_eval.iteration_grid`'s grid.
         path: the PNG to write.
         scale: integer enlargement factor.
+        column_labels: names written above the grid's columns, centred on each (e.g.
+            :func:`ebmm_rl.image_eval.grid_column_names`): the grid is taken to be ``len(column_labels)`` equal
+            columns separated by ``padding`` pixels, as :func:`ebmm_rl.image_eval.image_grid` lays them out.
+        padding: the grid's border width in pixels (before scaling), used to centre the labels.
 
     Returns:
         ``path``.
     """
-    from PIL import Image
+    from PIL import Image, ImageDraw
 
     if image.dim() != 3 or image.shape[0] not in (1, 3):
         raise ValueError(f"save_png needs an image [C, H, W] with C = 1 or 3, got shape {tuple(image.shape)}")
     pixels = (image.detach().float().cpu().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)  # [C, H, W]
     pixels = pixels.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)  # [C, sH, sW]
     array = pixels[0].numpy() if pixels.shape[0] == 1 else pixels.permute(1, 2, 0).numpy()  # [sH, sW(, 3)]
+    picture = Image.fromarray(array)
+    if column_labels:
+        header = 14  # pixels: pillow's default bitmap font is 11 high
+        labelled = Image.new(picture.mode, (picture.width, picture.height + header), "white")
+        labelled.paste(picture, (0, header))
+        draw = ImageDraw.Draw(labelled)
+        pitch = (picture.width - padding * scale) / len(column_labels)  # one cell plus its right border
+        for i, label in enumerate(column_labels):
+            centre = padding * scale + (i + 0.5) * pitch - padding * scale / 2
+            width = draw.textlength(label)
+            draw.text((centre - width / 2, 1), label, fill="black")
+        picture = labelled
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
+    picture.save(path)
     return path

@@ -21,8 +21,12 @@ checkpoint-time snapshot taken while training was healthy and multiplies every l
 ``rollback_lr_factor`` (TensorBoard ``meta/rollbacks`` and ``meta/lr_*``), instead of skipping on.
 
 Learning-rate schedule: ``"constant"`` (the paper) or ``"cosine"`` (decay from the base rate to
-``min_lr_ratio`` times it over ``steps``). The rate is a pure function of the step and the group's base rate,
-which lives in the optimiser state, so a resumed run follows the schedule exactly.
+``min_lr_ratio`` times it over ``steps``), run by a ``torch.optim.lr_scheduler.LambdaLR`` whose factor is
+:meth:`MetaTrainer.lr_factor` (times ``rollback_lr_factor`` per rollback). ``LambdaLR`` rather than
+``CosineAnnealingLR``: the latter takes one absolute ``eta_min`` for every parameter group and updates the rate
+recursively, while here each group (weights, step sizes) decays to its own ``min_lr_ratio`` of its base rate, in
+closed form. The scheduler's state (base rates, step) goes into the checkpoint, so a resumed run follows the
+schedule exactly.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import copy
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +89,8 @@ class TrainConfig:
         seed: seed of the batch generator and of the weights' initialisation.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         progress: show a progress bar.
+        status_every_s: without a progress bar, print a status line (step, loss, error, gradient norm, episodes/s,
+            CPU minutes) at the first logging step after every this many seconds of wall time; 0: never.
     """
 
     steps: int = 10_000
@@ -104,12 +111,15 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
+    status_every_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.lr <= 0 or self.grad_clip <= 0 or self.log_every < 1 or self.checkpoint_every < 1:
             raise ValueError(
                 "TrainConfig: need steps >= 0, lr > 0, grad_clip > 0, log_every >= 1, checkpoint_every >= 1"
             )
+        if self.status_every_s < 0:
+            raise ValueError(f"TrainConfig.status_every_s must be >= 0 (0: never), got {self.status_every_s}")
         if self.time_limit_s < 0:
             raise ValueError(f"TrainConfig.time_limit_s must be >= 0 (0: no limit), got {self.time_limit_s}")
         if self.lr_schedule not in ("constant", "cosine"):
@@ -178,24 +188,18 @@ class MetaTrainer:
             raise ValueError(
                 f"{type(memory).__name__} has no trainable parameters: there is nothing to meta-train (use it as is)"
             )
-        groups = [
-            {
-                "params": weights,
-                "lr": config.lr,
-                "base_lr": config.lr,
-                "weight_decay": config.weight_decay,
-                "name": "weights",
-            }
-        ]
+        groups = [{"params": weights, "lr": config.lr, "weight_decay": config.weight_decay, "name": "weights"}]
         if schedules:  # EBMM's step sizes, momenta and loss weights
             lr = config.schedule_lr or config.lr
-            groups.append({"params": schedules, "lr": lr, "base_lr": lr, "weight_decay": 0.0, "name": "schedules"})
+            groups.append({"params": schedules, "lr": lr, "weight_decay": 0.0, "name": "schedules"})
         self.optimizer = torch.optim.AdamW(groups)
         self.step = 0
         self.skipped_total = 0
         self.consecutive_skips = 0
         self.best_score = math.inf
         self.rollbacks = 0
+        # lr of group g at step s = scheduler.base_lrs[g] * lr_factor(s); stepped once per meta-step, skipped or not
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: self.lr_factor(step))
         self._healthy: dict[str, Any] | None = None  # in-memory snapshot for rollbacks
         self._writer = None
 
@@ -211,6 +215,7 @@ class MetaTrainer:
             "memory_spec": memory_spec(self.memory),
             "model": self.memory.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "skipped_total": self.skipped_total,
             "best_score": self.best_score,
@@ -238,6 +243,14 @@ class MetaTrainer:
         self.skipped_total = int(ckpt["skipped_total"])
         self.best_score = float(ckpt.get("best_score", math.inf))
         self.rollbacks = int(ckpt.get("rollbacks", 0))
+        if "scheduler" in ckpt:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        else:  # checkpoints from before the scheduler kept each group's rollback-scaled base rate as "base_lr"
+            scale = self.config.rollback_lr_factor**self.rollbacks
+            self.scheduler.base_lrs = [g.get("base_lr", g["lr"]) / scale for g in self.optimizer.param_groups]
+            self.scheduler.last_epoch = self.step
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
+            group["lr"] = base * self.lr_factor()  # this config's schedule (a resume may change ``steps``)
         self.generator.set_state(ckpt["generator"].cpu())  # generator states are CPU byte tensors
         return ckpt
 
@@ -261,12 +274,23 @@ class MetaTrainer:
         return StepStats(self.step, float(loss.detach()), out.errors.tolist(), grad_norm, skipped, episodes)
 
     def lr_factor(self, step: int | None = None) -> float:
-        """Multiplier of the base learning rates at ``step`` (default: the current step)."""
+        """Multiplier of the base learning rates at ``step`` (default: the current step).
+
+        The schedule's factor (1, or the cosine from 1 to ``min_lr_ratio`` over ``steps``) times
+        ``rollback_lr_factor`` to the power of the rollbacks so far.
+        """
         cfg, step = self.config, self.step if step is None else step
+        rollback = cfg.rollback_lr_factor**self.rollbacks
         if cfg.lr_schedule == "constant" or cfg.steps == 0:
-            return 1.0
+            return rollback
         progress = min(step / cfg.steps, 1.0)
-        return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return rollback * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    def _advance_schedule(self) -> None:
+        """Step the scheduler to ``self.step``: sets every group's rate to its base rate times :meth:`lr_factor`."""
+        with warnings.catch_warnings():  # a skipped first step calls scheduler.step() before any optimizer.step()
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+            self.scheduler.step()
 
     def _snapshot_healthy(self) -> None:
         """Remember the current weights and optimiser state as the target of a later rollback."""
@@ -277,14 +301,16 @@ class MetaTrainer:
         """Restore the last healthy snapshot and scale every learning rate by ``rollback_lr_factor``."""
         self.memory.load_state_dict(self._healthy["model"])
         self.optimizer.load_state_dict(self._healthy["optimizer"])
-        for group in self.optimizer.param_groups:
-            group["base_lr"] *= self.config.rollback_lr_factor
-        self._healthy["optimizer"] = copy.deepcopy(self.optimizer.state_dict())  # a second rollback halves again
-        self.rollbacks += 1
+        self.rollbacks += 1  # lr_factor now scales every rate by rollback_lr_factor once more
         self.consecutive_skips = 0
+        scale = self.config.rollback_lr_factor**self.rollbacks
         tqdm.write(
-            f"step {self.step}: rolled back to the last healthy snapshot (rollback {self.rollbacks}); learning "
-            f"rates now " + ", ".join(f"{g['name']} {g['base_lr']:.3g}" for g in self.optimizer.param_groups)
+            f"step {self.step}: rolled back to the last healthy snapshot (rollback {self.rollbacks}); base learning "
+            f"rates now "
+            + ", ".join(
+                f"{g['name']} {base * scale:.3g}"
+                for g, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True)
+            )
         )
 
     def _apply_or_skip(self, skipped: bool, loss: float, grad_norm: float) -> None:
@@ -308,12 +334,10 @@ class MetaTrainer:
                     f"resume from an earlier checkpoint."
                 )
         else:
-            factor = self.lr_factor()
-            for group in self.optimizer.param_groups:
-                group["lr"] = group.get("base_lr", group["lr"]) * factor
             self.optimizer.step()
             self.consecutive_skips = 0
         self.step += 1
+        self._advance_schedule()
 
     def train(self, resume: bool = False) -> dict[str, float]:
         """Train up to ``config.steps`` meta-steps; with ``resume``, continue from ``run_dir/checkpoint.pt``.
@@ -332,6 +356,7 @@ class MetaTrainer:
         last: dict[str, float] = {}
         episodes, window_start = 0, time.perf_counter()
         cpu_start = time.process_time()
+        last_status = time.perf_counter()
         try:
             while self.step < cfg.steps:
                 if cfg.time_limit_s and time.process_time() - cpu_start >= cfg.time_limit_s:
@@ -351,6 +376,13 @@ class MetaTrainer:
                     if writer is not None:
                         self._log_scalars(writer, stats, rate)
                     last = {"loss": stats.loss}
+                    if (
+                        not cfg.progress
+                        and cfg.status_every_s
+                        and time.perf_counter() - last_status >= cfg.status_every_s
+                    ):
+                        last_status = time.perf_counter()
+                        print(self._status_line(stats, rate, time.process_time() - cpu_start), flush=True)
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.evaluate is not None:
                     last = self._run_eval(writer)
                 if self.step % cfg.checkpoint_every == 0:
@@ -373,6 +405,14 @@ class MetaTrainer:
         return last
 
     # ------------------------------------------------------------------------------------------------ logging
+    def _status_line(self, stats: StepStats, episodes_per_s: float, cpu_seconds: float) -> str:
+        """One line on where training stands, for runs without a progress bar."""
+        return (
+            f"step {self.step}/{self.config.steps}: loss {stats.loss:.4g}, error {stats.errors[-1]:.4g}, grad norm "
+            f"{stats.grad_norm:.3g}, {episodes_per_s:.1f} episodes/s, {cpu_seconds / 60:.1f} CPU-min, "
+            f"{self.skipped_total} skipped"
+        )
+
     def _tensorboard(self):
         if self.run_dir is None:
             return None

@@ -9,7 +9,8 @@
 
 In a fresh process (``SubprocVecEnv``, ``AsyncVectorEnv`` with ``spawn``/``forkserver``) either import
 ``envs`` there too or use gymnasium's module prefix, ``gym.make("envs:ebmm/BinaryRecall-v0")``,
-which imports it first.
+which imports it first. ``import ebmm_rl`` imports ``envs`` too, so ``gym.make("ebmm_rl:ebmm/BinaryRecall-v0")``
+works as well.
 
 Every family has a plain id (its constructor defaults, equal to Medium) and Easy / Medium / Hard
 variants; ``DelayedRecall`` adds one id per delay of its sweep. All observations are ``Dict``

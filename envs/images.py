@@ -1,10 +1,9 @@
 """Image sources for :class:`envs.image_recall.ImageRecallEnv`: Omniglot or procedural glyphs.
 
-numpy only. Omniglot is read straight from the upstream zip (``images_background.zip`` holding
-``images_background/<Alphabet>/characterNN/XXXX_YY.png``, 105x105 1-bit PNGs) with a small PNG
-decoder built on :mod:`zlib`, so neither pillow nor an unzipped copy is needed; pillow, when
-installed, is used only for PNG variants the decoder does not handle (interlaced files). Images are
-downscaled by area averaging and cached per process, so creating many environments is cheap.
+numpy (no torch). Omniglot is read straight from the upstream zip (``images_background.zip`` holding
+``images_background/<Alphabet>/characterNN/XXXX_YY.png``, 105x105 1-bit PNGs), so no unzipped copy is
+needed; the PNGs are decoded with pillow, imported only then (``import envs`` stays numpy + gymnasium).
+Images are downscaled by area averaging and cached per process, so creating many environments is cheap.
 
 All images here are "ink" images: float32 in [0, 1], 1 where the character is drawn.
 """
@@ -14,11 +13,11 @@ from __future__ import annotations
 import functools
 import io
 import os
-import struct
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,12 +39,10 @@ DATA_DIR_VAR = "EBMM_DATA_DIR"
 """Environment variable naming the data directory."""
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
-_BIT_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
 
 
 class PNGFormatError(ValueError):
-    """The bytes are not a PNG file this decoder can read."""
+    """The bytes are not a PNG file, or a damaged one."""
 
 
 @dataclass(frozen=True)
@@ -65,12 +62,12 @@ class GlyphSet:
 
 # ---------------------------------------------------------------------------------------- PNG
 def decode_png(data: bytes) -> np.ndarray:
-    """Decode a non-interlaced PNG file to an 8-bit grayscale image.
+    """Decode a PNG file to an 8-bit grayscale image, with pillow.
 
-    Handles every colour type (gray, RGB, palette, with or without alpha) and bit depth, and all
-    five row filters (None, Sub, Up, Average, Paeth). Colour is converted to luminance with
-    ITU-R 601 weights, alpha is dropped, 16-bit samples keep their high byte, and low bit depths
-    are scaled to 0..255 (a 1-bit pixel reads 0 or 255).
+    Every colour type (gray, RGB, palette, with or without alpha), bit depth and interlacing that pillow reads.
+    Colour is converted to luminance with ITU-R 601 weights (``(299 R + 587 G + 114 B + 500) // 1000``, computed
+    here rather than by pillow's fixed-point ``convert("L")``, which can differ by one), alpha is dropped, 16-bit
+    samples keep their high byte, and low bit depths are scaled to 0..255 (a 1-bit pixel reads 0 or 255).
 
     Args:
         data: the bytes of a PNG file.
@@ -79,129 +76,37 @@ def decode_png(data: bytes) -> np.ndarray:
         ``[H, W]`` uint8 image.
 
     Raises:
-        PNGFormatError: not a PNG, a damaged one, or an interlaced one (use pillow for those).
+        PNGFormatError: not a PNG, or a damaged one (truncated, failing a chunk CRC, undecodable image data).
     """
+    from PIL import Image, UnidentifiedImageError
+
     if data[:8] != _PNG_SIGNATURE:
         raise PNGFormatError("Not a PNG file: the 8-byte PNG signature is missing.")
-    pos, header, palette, idat = 8, None, None, []
-    while pos + 12 <= len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind = data[pos + 4 : pos + 8]
-        body = data[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
-        if len(body) != length or zlib.crc32(kind + body) != crc:
-            raise PNGFormatError(f"Damaged PNG: chunk {kind!r} at byte {pos} is truncated or fails its CRC.")
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif kind == b"PLTE":
-            palette = np.frombuffer(body, dtype=np.uint8).reshape(-1, 3)
-        elif kind == b"IDAT":
-            idat.append(body)
-        elif kind == b"IEND":
-            break
-        pos += 12 + length
-    if header is None or not idat:
-        raise PNGFormatError("Damaged PNG: no IHDR or no IDAT chunk.")
-    width, height, depth, colour, compression, filter_method, interlace = header
-    if colour not in _CHANNELS or depth not in _BIT_DEPTHS[colour] or compression or filter_method:
-        raise PNGFormatError(f"Invalid PNG header: colour type {colour}, bit depth {depth}.")
-    if interlace:
-        raise PNGFormatError("Interlaced PNGs are not supported by this decoder; pillow reads them.")
-    channels = _CHANNELS[colour]
-    bits = channels * depth
-    stride = (width * bits + 7) // 8
     try:
-        raw = np.frombuffer(zlib.decompress(b"".join(idat)), dtype=np.uint8)
-    except zlib.error as err:
-        raise PNGFormatError(f"Damaged PNG: the image data does not decompress ({err}).") from err
-    if raw.size < height * (stride + 1):
-        raise PNGFormatError("Damaged PNG: the image data is shorter than the header says.")
-    rows = _unfilter(raw[: height * (stride + 1)].reshape(height, stride + 1), max(1, bits // 8))
-    samples = _unpack(rows, depth, width * channels).reshape(height, width, channels)  # [H, W, C]
-    if depth < 8 and colour == 0:
-        return (samples[..., 0] * (255 // (2**depth - 1))).astype(np.uint8)
-    if colour == 3:
-        if palette is None:
-            raise PNGFormatError("Damaged PNG: a palette image without a PLTE chunk.")
-        samples = palette[np.minimum(samples[..., 0], len(palette) - 1)]  # [H, W, 3]
-    elif colour in (0, 4):
-        return samples[..., 0].copy()
-    rgb = samples[..., :3].astype(np.uint32)
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+            image.verify()  # every chunk's CRC (load() alone does not check them)
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+            image.load()
+            return _gray(image)
+    except UnidentifiedImageError as err:
+        raise PNGFormatError(
+            "Damaged PNG: pillow finds no image in it (a damaged chunk type or header, or no IHDR/IDAT chunk)."
+        ) from err
+    except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as err:  # pillow's ways of saying "damaged"
+        raise PNGFormatError(f"Damaged PNG: {err}.") from err
+
+
+def _gray(image: Any) -> np.ndarray:
+    """``[H, W]`` uint8 gray levels of a loaded ``PIL.Image.Image`` (see :func:`decode_png` for the conversion)."""
+    mode = image.mode
+    if mode == "1":
+        return np.asarray(image, dtype=np.uint8) * np.uint8(255)
+    if mode.startswith("I"):  # 16-bit gray ("I;16", "I;16B", or "I" in older pillow): the high byte
+        return (np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8)
+    if mode in ("L", "LA"):
+        return np.asarray(image.getchannel(0), dtype=np.uint8).copy()
+    rgb = np.asarray(image.convert("RGB"), dtype=np.uint32)  # [H, W, 3]; palettes resolved, alpha dropped
     return ((rgb[..., 0] * 299 + rgb[..., 1] * 587 + rgb[..., 2] * 114 + 500) // 1000).astype(np.uint8)
-
-
-def _unfilter(filtered: np.ndarray, bpp: int) -> np.ndarray:
-    """Undo PNG row filtering.
-
-    Args:
-        filtered: ``[H, 1 + stride]`` uint8, each row a filter-type byte then the filtered bytes.
-        bpp: bytes per complete pixel, rounded up to 1 (the filters' left-neighbour distance).
-
-    Returns:
-        ``[H, stride]`` uint8 reconstructed bytes.
-    """
-    kinds = filtered[:, 0]
-    data = filtered[:, 1:]
-    if not kinds.any():  # all rows use filter 0 (None): nothing to undo
-        return data.copy()
-    if kinds.max() > 4:
-        raise PNGFormatError(f"Damaged PNG: unknown row filter type {int(kinds.max())}.")
-    height, stride = data.shape
-    out = np.empty((height, stride), dtype=np.uint8)
-    prior = np.zeros(stride, dtype=np.uint8)
-    for y in range(height):
-        line, kind = data[y], kinds[y]
-        if kind == 0:  # None
-            out[y] = line
-        elif kind == 1:  # Sub: running sum (mod 256) over pixels, per byte position
-            out[y] = np.cumsum(line.reshape(-1, bpp), axis=0, dtype=np.uint8).reshape(-1)
-        elif kind == 2:  # Up
-            out[y] = line + prior
-        else:  # Average and Paeth depend on the reconstructed left neighbour: byte by byte
-            cur = [0] * stride
-            up = prior.tolist()
-            raw = line.tolist()
-            for i in range(stride):
-                left = cur[i - bpp] if i >= bpp else 0
-                if kind == 3:
-                    cur[i] = (raw[i] + ((left + up[i]) >> 1)) & 0xFF
-                else:
-                    upleft = up[i - bpp] if i >= bpp else 0
-                    p = left + up[i] - upleft
-                    pa, pb, pc = abs(p - left), abs(p - up[i]), abs(p - upleft)
-                    pred = left if pa <= pb and pa <= pc else (up[i] if pb <= pc else upleft)
-                    cur[i] = (raw[i] + pred) & 0xFF
-            out[y] = cur
-        prior = out[y]
-    return out
-
-
-def _unpack(rows: np.ndarray, depth: int, count: int) -> np.ndarray:
-    """Split ``[H, stride]`` bytes into ``[H, count]`` samples of ``depth`` bits (uint8)."""
-    if depth == 8:
-        return rows[:, :count]
-    if depth == 16:
-        return rows[:, 0 : 2 * count : 2]  # high byte of each big-endian sample
-    bits = np.unpackbits(rows, axis=1)  # [H, 8 * stride]
-    if depth == 1:
-        return bits[:, :count]
-    height = rows.shape[0]
-    groups = bits.reshape(height, -1, depth)[:, :count]  # [H, count, depth], most significant first
-    weights = (1 << np.arange(depth - 1, -1, -1)).astype(np.uint8)
-    return (groups * weights).sum(axis=2, dtype=np.uint8)
-
-
-def _decode_any(data: bytes) -> np.ndarray:
-    """:func:`decode_png`, falling back to pillow (when installed) for what it cannot read."""
-    try:
-        return decode_png(data)
-    except PNGFormatError:
-        try:
-            from PIL import Image
-        except ImportError:
-            raise
-        with Image.open(io.BytesIO(data)) as image:
-            return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
 # ---------------------------------------------------------------------------------------- resizing
@@ -297,7 +202,7 @@ def _load_omniglot(path: str, _mtime_ns: int, _size: int, image_size: int, drawe
                     f"{path}: character {character} has {len(files)} drawings, fewer than drawers={drawers}."
                 )
             for r, member in enumerate(files[:drawers]):
-                pixels = _decode_any(archive.read(member))  # [H, W] uint8, strokes dark
+                pixels = decode_png(archive.read(member))  # [H, W] uint8, strokes dark
                 ink = 1.0 - pixels.astype(np.float32) * (1.0 / 255.0)
                 images[c, r] = area_resize(ink, image_size)
     np.clip(images, 0.0, 1.0, out=images)

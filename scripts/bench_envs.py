@@ -16,21 +16,17 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import ast
-import dataclasses
-import inspect
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
+import tyro
 
 import envs
 
@@ -40,38 +36,20 @@ TARGET_STEPS_PER_S = 20_000
 
 @dataclass
 class Args:
-    """Command-line arguments of ``bench_envs.py``."""
+    """Time the memory-probe environments: steps per second, single and vectorised."""
 
     steps: int = 20_000
     """environment steps timed per measurement (all sub-environments together for vector envs)"""
-    level: str = "Medium"
-    """difficulty level of the ids to time: Easy, Medium or Hard"""
+    level: Literal["Easy", "Medium", "Hard"] = "Medium"
+    """difficulty level of the ids to time"""
     num_envs: int = 2
     """sub-environments of the vector environments"""
     repeats: int = 3
     """timings per measurement; the best is reported (as timeit advises: the others measure noise)"""
     vector: bool = True
-    """also time SyncVectorEnv and AsyncVectorEnv (--no-vector to skip)"""
+    """also time SyncVectorEnv and AsyncVectorEnv"""
     seed: int = 0
     """seed of the first reset and of the fixed action"""
-
-
-def parse_args(cls: type[Args] = Args, argv: list[str] | None = None) -> Args:
-    """Build an ``argparse`` parser from a dataclass: one flag per field, its docstring as help."""
-    docs: dict[str, str] = {}
-    body = ast.parse(inspect.getsource(cls)).body[0].body  # type: ignore[attr-defined]
-    for node, after in zip(body, body[1:], strict=False):
-        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr):
-            docs[node.target.id] = str(after.value.value)  # type: ignore[union-attr]
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in (bool, "bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=docs.get(f.name))
-        else:
-            kind = {"int": int, "str": str, "float": float}.get(str(f.type), str)
-            parser.add_argument(flag, type=kind, default=f.default, help=f"{docs.get(f.name, '')} ({f.default})")
-    return cls(**vars(parser.parse_args(argv)))
 
 
 def time_single(env: gym.Env, steps: int, seed: int) -> float:
@@ -126,8 +104,6 @@ def bench_one(env_id: str, args: Args) -> dict[str, Any]:
 
 def main(args: Args) -> list[dict[str, Any]]:
     """Run the benchmark and print a Markdown table; returns its rows."""
-    if args.level not in ("Easy", "Medium", "Hard"):
-        raise SystemExit(f"--level must be Easy, Medium or Hard, got {args.level!r}.")
     ids = [i for i in envs.ENV_IDS if i.endswith(f"-{args.level}-v0")]
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     print(
@@ -152,4 +128,4 @@ def main(args: Args) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    main(parse_args(Args, sys.argv[1:]))
+    main(tyro.cli(Args))

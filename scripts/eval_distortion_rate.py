@@ -83,6 +83,8 @@ class Args:
     """data set; its test split is evaluated"""
     data_dir: str | None = None
     """folder holding omniglot/, cifar10/, mnist/, imagenet64/ (default: $EBMM_DATA_DIR)"""
+    mnist_dir: str | None = None
+    """folder holding the MNIST IDX files (default: <data-dir>/mnist)"""
     noise: Noise = "block"
     """query distortion (paper: block)"""
     noise_size: float | None = None
@@ -244,6 +246,7 @@ def train_sizes(args: Args) -> list[Path]:
                 args.train,
                 dataset=args.dataset,
                 data_dir=args.data_dir,
+                mnist_dir=args.mnist_dir,
                 noise=args.noise,
                 noise_size=args.noise_size,
                 clamp_known=args.clamp_known,
@@ -277,7 +280,9 @@ def main(args: Args) -> list[dict[str, Any]]:
     missing = [p for p in args.checkpoints if not Path(p).is_file()]
     if missing:
         raise SystemExit(f"no checkpoint at {', '.join(missing)}; pass checkpoint.pt files of training runs")
-    test = load_data(args.data_dir, args.dataset, "test")  # fail on missing data or bad noise before any training
+    test = load_data(
+        args.data_dir, args.dataset, "test", mnist_dir=args.mnist_dir
+    )  # fail on missing data or bad noise before any training
     distortion = distortion_for(test, args.noise, args.noise_size, args.clamp_known)
     untrained = [registered_memory(spec, test, args.device) for spec in args.memories]
     paths = [Path(p) for p in args.checkpoints] + train_sizes(args)

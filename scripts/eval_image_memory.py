@@ -49,6 +49,7 @@ from ebmm_rl.image_eval import (
     ImageEvaluator,
     energy_table,
     familiarity_auroc,
+    grid_column_names,
     match_images,
     metric_name,
     noise_images,
@@ -80,6 +81,8 @@ class Common:
     """data set the model was trained on; its test split is evaluated"""
     data_dir: str | None = None
     """folder holding omniglot/, cifar10/, mnist/, imagenet64/ (default: $EBMM_DATA_DIR)"""
+    mnist_dir: str | None = None
+    """folder holding the MNIST IDX files (default: <data-dir>/mnist)"""
     noise: Noise = "block"
     """query distortion (paper: block)"""
     clamp_known: bool = False
@@ -164,7 +167,7 @@ def setup(args: Common) -> tuple[EBMMemory, dict[str, Any], ImageDataset, Path]:
     if not Path(args.checkpoint).is_file():
         raise SystemExit(f"no checkpoint at {args.checkpoint}; pass --checkpoint runs/<run>/checkpoint.pt")
     memory, info = open_memory(args.checkpoint, args.device)
-    test = load_data(args.data_dir, args.dataset, "test")
+    test = load_data(args.data_dir, args.dataset, "test", args.mnist_dir)
     print(f"{args.checkpoint}: memory size {memory.memory_size}; {describe_training(info, args)}", flush=True)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -192,7 +195,13 @@ def full_evaluation(args: Distorted, memory: EBMMemory, data: ImageDataset, ood:
         raise SystemExit(f"{data.name} {data.split}: {err}") from None
     result = evaluator.evaluate(memory)
     result.episode_scores = result.episode_scores[: args.num_batches]
+    result.reference_scores = {k: v[: args.num_batches] for k, v in result.reference_scores.items()}
     return result
+
+
+def save_grid(result: EvalResult, path: Path) -> None:
+    """The read-iteration grid as a PNG with its columns labelled (query, k=1 .. k=K, original)."""
+    save_png(result.grid, path, column_labels=grid_column_names(result.cell_energies.shape[1]))
 
 
 def energy_rows(result: EvalResult) -> list[list[Any]]:
@@ -244,7 +253,7 @@ def run_energy(args: EnergyArgs) -> list[list[Any]]:
         ood = noise_images(args.ood_images, test.data_shape, test.binary, torch.Generator().manual_seed(args.seed))
     elif args.ood != "none":
         options = {"image_size": test.data_shape[-1]} if args.ood == "mnist" else {}
-        other = load_data(args.data_dir, args.ood, "test", **options)
+        other = load_data(args.data_dir, args.ood, "test", args.mnist_dir, **options)
         ood = match_images(other.images[: args.ood_images], test.data_shape, test.binary)
     start = time.perf_counter()
     result = full_evaluation(args, memory, test, ood, args.grid_rows)
@@ -255,7 +264,7 @@ def run_energy(args: EnergyArgs) -> list[list[Any]]:
     rows = energy_rows(result)
     title = f"Energies (Fig. 6): {setting(args, test, noise_words(args))}"
     plot_energy_histograms(energies, out / "energy.png", title=title, bins=args.bins)
-    save_png(result.grid, out / "energy_grid.png")
+    save_grid(result, out / "energy_grid.png")
     errors = error_cells(result.episode_scores)
     table = markdown_table(ENERGY_HEADER, rows, digits=3)
     table += f"\n\nRetrieval {metric_name(test.binary)}: {errors[0]:.2f} (p5 {errors[1]:.2f}, p95 {errors[2]:.2f})"
@@ -343,15 +352,20 @@ def run_correlated(args: CorrelatedArgs) -> list[list[Any]]:
     return rows
 
 
+REFERENCE_ROWS = {"no_retrieval": "distorted query, no retrieval", "blank": "blank image (all background)"}
+"""Rows of ``mnist.md`` under each data set's row: :attr:`EvalResult.reference_scores`, in words."""
+
+
 def run_mnist(args: MnistArgs) -> list[list[Any]]:
     """Fig. 10: the model on MNIST next to the model on its own test split."""
     memory, _, test, out = setup(args)
     try:
-        mnist = load_data(args.data_dir, "mnist", "test", image_size=test.data_shape[-1])
+        mnist = load_data(args.data_dir, "mnist", "test", args.mnist_dir, image_size=test.data_shape[-1])
     except SystemExit as err:
         raise SystemExit(
             f"Omniglot -> MNIST transfer needs the MNIST test IDX files t10k-images-idx3-ubyte and "
-            f"t10k-labels-idx1-ubyte (plain or .gz) in $EBMM_DATA_DIR/mnist/ (or <--data-dir>/mnist/).\n{err}"
+            f"t10k-labels-idx1-ubyte (plain or .gz) in $EBMM_DATA_DIR/mnist/ (or <--data-dir>/mnist/, or "
+            f"--mnist-dir).\n{err}"
         ) from None
     rows, results = [], {}
     for data in (test, mnist):
@@ -371,7 +385,9 @@ def run_mnist(args: MnistArgs) -> list[list[Any]]:
             ]
         )
         print(f"{data.name}: {rows[-1][1]:.2f}", flush=True)
-    save_png(results["mnist"].grid, out / "mnist_grid.png")
+        for key, words in REFERENCE_ROWS.items():  # answers without a memory, scored on the same episodes
+            rows.append([f"{data.name} test: {words}", *error_cells(result.reference_scores[key]), *[None] * 5])
+    save_grid(results["mnist"], out / "mnist_grid.png")
     plot_energy_histograms(
         results["mnist"].energies, out / "mnist_energy.png", title="MNIST under the model", bins=args.bins
     )

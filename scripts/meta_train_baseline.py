@@ -53,6 +53,8 @@ class Args:
     gaussian std"""
     data_dir: str | None = None
     """folder holding the image data sets (default: $EBMM_DATA_DIR)"""
+    mnist_dir: str | None = None
+    """folder holding the MNIST IDX files (default: <data-dir>/mnist)"""
     dim: int = 128
     """bits per pattern"""
     budget: int = HOPFIELD_BUDGET
@@ -118,7 +120,9 @@ def image_task(args: Args):
     if len(args.num_patterns) != 1:
         raise SystemExit(f"--dataset {args.dataset} needs one --num-patterns N, got {args.num_patterns}")
     n = args.num_patterns[0]
-    train, test = (load_data(args.data_dir, args.dataset, split) for split in ("train", "test"))
+    train, test = (
+        load_data(args.data_dir, args.dataset, split, mnist_dir=args.mnist_dir) for split in ("train", "test")
+    )
     overrides = {"data_shape": train.data_shape, "data_range": (0.0, 1.0), **parse_overrides(args.set)}
     memory = build_memory(args.model, budget=args.budget, **overrides)
     if args.noise not in NOISES:

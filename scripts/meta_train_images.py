@@ -12,7 +12,11 @@ Examples::
     torchrun --nproc-per-node 4 scripts/meta_train_images.py --size paper --device cuda   # data parallel
 
 Data: ``--data-dir`` (default ``$EBMM_DATA_DIR``) holds ``omniglot/``, ``cifar10/cifar-10-batches-py/``,
-``mnist/``, ``imagenet64/`` in their upstream formats (see :mod:`ebmm_rl.data`).
+``mnist/``, ``imagenet64/`` in their upstream formats (see :mod:`ebmm_rl.data`); ``--mnist-dir`` points at an
+MNIST folder elsewhere (the IDX files themselves, not a parent holding ``mnist/``).
+
+Budget: ``--steps`` meta-steps, or ``--time-limit-min`` minutes of this process's CPU time, whichever ends first.
+Without a progress bar (``--no-progress``) a status line is printed every ``--status-every-s`` seconds.
 
 TensorBoard (``tensorboard --logdir runs``): the trainer's ``meta/``, ``read/``, ``write/``, ``charts/`` scalars;
 ``eval/`` the mean test error (Hamming distance on binary data, squared error otherwise) with its 5/95 percentiles
@@ -80,6 +84,8 @@ class Args:
     """data set: train split for meta-training, test split for evaluation"""
     data_dir: str | None = None
     """folder holding omniglot/, cifar10/, mnist/, imagenet64/ (default: $EBMM_DATA_DIR)"""
+    mnist_dir: str | None = None
+    """folder holding the MNIST IDX files (default: <data-dir>/mnist)"""
     arch: Arch = "conv"
     """energy network: fc (C.2), conv (C.3), imagenet (C.4), lower-conv (C.5, App. A.7)"""
     size: Literal["cpu", "paper"] = "cpu"
@@ -109,6 +115,9 @@ class Args:
     """draw each episode from exactly this many classes (App. A.7: 2); default: uniform episodes"""
     steps: int = 2000
     """meta-steps in total"""
+    time_limit_min: float = 0.0
+    """stop after this many minutes of this process's CPU time in the training loop, then checkpoint and evaluate
+    (0: no limit)"""
     lr: float = 1e-3
     """AdamW learning rate of the weights (paper: 5e-5 over 2e6 steps, far more than a CPU run has)"""
     schedule_lr: float = 1e-2
@@ -152,31 +161,44 @@ class Args:
     """continue from run_dir/checkpoint.pt"""
     progress: bool = True
     """show a progress bar"""
+    status_every_s: float = 60.0
+    """with --no-progress, print a status line (step, loss, error, episodes/s, CPU minutes) every this many seconds
+    (0: never)"""
 
 
 # ------------------------------------------------------------------------------------------------------ building
 def load_split(args: Args, name: str, split: str) -> ImageDataset:
-    """One split of a data set, from ``--data-dir`` or ``$EBMM_DATA_DIR``, with a hint on failure."""
-    return load_data(args.data_dir, name, split)
+    """One split of a data set, from ``--data-dir`` or ``$EBMM_DATA_DIR`` (``--mnist-dir`` for MNIST)."""
+    return load_data(args.data_dir, name, split, mnist_dir=args.mnist_dir)
 
 
-def load_data(data_dir: str | None, name: str, split: str, **options: object) -> ImageDataset:
-    """One split of a data set from ``data_dir`` (or ``$EBMM_DATA_DIR``); SystemExit with a hint when absent.
+def load_data(
+    data_dir: str | None, name: str, split: str, mnist_dir: str | None = None, **options: object
+) -> ImageDataset:
+    """One split of a data set from ``data_dir`` (or ``$EBMM_DATA_DIR``); SystemExit with a hint when unusable.
 
     Args:
         data_dir: the folder holding ``omniglot/``, ``cifar10/``, ... (``None``: ``$EBMM_DATA_DIR``).
         name: data set name.
         split: ``"train"`` or ``"test"``.
+        mnist_dir: the folder of the MNIST files themselves, wherever it is (``None``: ``<data_dir>/mnist``).
         **options: loader options (e.g. ``image_size`` for MNIST).
 
     Returns:
         The data set (ImageNet kept as uint8: 4x less memory).
     """
-    root = Path(data_dir) / FOLDERS[name] if data_dir else None
+    if name == "mnist" and mnist_dir:
+        root: Path | None = Path(mnist_dir)
+    else:
+        root = Path(data_dir) / FOLDERS[name] if data_dir else None
     try:
         return load_dataset(name, split, root, uint8=name == "imagenet64", **options)
     except FileNotFoundError as err:
-        raise SystemExit(f"{err}\nPass --data-dir <folder holding {FOLDERS[name]}/> or set ${DATA_DIR_VAR}.") from None
+        hint = f"Pass --data-dir <folder holding {FOLDERS[name]}/> or set ${DATA_DIR_VAR}"
+        hint += " (or --mnist-dir <folder with the MNIST files>)." if name == "mnist" else "."
+        raise SystemExit(f"{err}\n{hint}") from None
+    except ValueError as err:  # damaged files: the message names the file
+        raise SystemExit(f"{name} {split}: {err}") from None
 
 
 def energy_config(
@@ -272,6 +294,11 @@ def main(args: Args) -> None:
 
 def train(args: Args, context: DistributedContext) -> None:
     """The body of :func:`main`, inside the (possibly one-process) process group."""
+    if context.distributed and args.time_limit_min:
+        raise SystemExit(
+            "--time-limit-min is not available under torchrun: each rank would stop at its own step and the others "
+            "would wait for it forever; give --steps instead"
+        )
     torch.manual_seed(args.seed)
     train_set = load_split(args, args.dataset, "train")
     memory = build_memory(args, train_set.data_shape)
@@ -294,9 +321,11 @@ def train(args: Args, context: DistributedContext) -> None:
         log_every=args.log_every,
         checkpoint_every=args.checkpoint_every,
         eval_every=args.eval_every,
+        time_limit_s=60.0 * args.time_limit_min,
         seed=args.seed,
         device=context.device,
         progress=args.progress and context.is_main,
+        status_every_s=args.status_every_s if context.is_main else 0.0,
     )
     hparams = {**asdict(args), "world_size": context.world_size}
     if context.distributed:

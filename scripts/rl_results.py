@@ -17,7 +17,11 @@ env (``--meta-dir``/``env__<Family>-<Level>-v0__0/best.pt``, meta-trained on the
     python scripts/rl_results.py --agents mlp ebmm-meta --meta-dir /work/runs_rl2/meta --steps 30000
 
 ``--doc`` replaces the block between ``<!-- rl_results:begin -->`` and ``<!-- rl_results:end -->`` of that file
-(appending one if there is none); ``--out`` always receives the table alone.
+(appending one if there is none); ``--out`` always receives the table alone. ``--plot`` draws one panel per env
+(every agent's mean return with its 95% interval, chance and oracle as labelled lines); ``--replot <doc>`` redraws
+it from the table already in a doc, without the per-run JSONs::
+
+    python scripts/rl_results.py --replot docs/rl_results.md --plot docs/rl_results.png
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import json
 import math
 import os
 import platform
+import re
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -42,14 +47,13 @@ from tqdm.auto import tqdm
 import envs  # noqa: F401  (registers the ids)
 from agents.train import Args as TrainArgs
 from agents.train import build_model, make_env, memory_kind
+from ebmm_rl.stats import mean_ci as t_mean_ci
 
 MEDIUM = tuple(f"ebmm/{f}-Medium-v0" for f in ("BinaryRecall", "KeyValueRecall", "ImageRecall", "Familiarity",
                                                 "DelayedRecall"))  # fmt: skip
 """The Medium variant of every environment family."""
 BEGIN, END = "<!-- rl_results:begin -->", "<!-- rl_results:end -->"
 """Markers of the generated block in ``--doc``."""
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
-"""Two-sided 95% Student t quantiles for 1..10 degrees of freedom."""
 
 
 @dataclass
@@ -91,7 +95,11 @@ class Args:
     doc: str | None = None
     """markdown file whose generated block (between the rl_results markers) receives the table"""
     plot: str | None = None
-    """PNG file for a bar chart of the table: every agent's score per env, 0 = chance, 1 = oracle, 95% CI bars"""
+    """PNG file for a bar chart of the table: one panel per env, every agent's mean return with its 95% CI, and the
+    env's chance and oracle returns as labelled lines"""
+    replot: str | None = None
+    """redraw --plot from the table already in this markdown file (its rl_results block) and stop, training
+    nothing: for when the per-run JSONs are no longer there"""
     threads: int = 1
     """torch CPU threads"""
     progress: bool = True
@@ -105,6 +113,18 @@ def result_path(out_dir: str | Path, env_id: str, agent: str, seed: int, steps: 
 
 META_AGENT = "ebmm-meta"
 """``ebmm`` with a frozen memory meta-trained on the env (``scripts/meta_train_env.py``)."""
+META_DESCRIPTION = "PPO + EBMMExtractor, memory meta-trained on the env's episodes, then frozen"
+"""What :data:`META_AGENT` is, in one line (the plot's legend)."""
+
+
+def agent_description(agent: str) -> str:
+    """One line saying what ``agent`` is: :data:`META_DESCRIPTION` or ``agents.train``'s description of the memory."""
+    if agent == META_AGENT:
+        return META_DESCRIPTION
+    try:
+        return memory_kind(agent).description
+    except ValueError:
+        return agent
 
 
 def meta_checkpoint(meta_dir: str | Path, env_id: str) -> Path:
@@ -192,13 +212,24 @@ def reference_returns(env_id: str, episodes: int, seed: int = 10_000) -> tuple[f
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of its 95% Student-t confidence interval (0 for one value)."""
-    n = len(values)
-    mean = float(np.mean(values))
-    if n < 2:
-        return mean, 0.0
-    t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96 + 2.5 / (n - 1)  # the approximation is within 0.02 of t
-    return mean, t * float(np.std(values, ddof=1)) / math.sqrt(n)
+    """Mean and half-width of its 95% Student-t confidence interval (0 for one value); exact t quantile."""
+    return t_mean_ci([float(v) for v in values], level=0.95)
+
+
+Stats = dict[str, dict[str, tuple[float, float, int]]]
+"""``{env: {agent: (mean, 95% CI half-width, number of seeds)}}`` of the runs' mean evaluation returns."""
+
+
+def agent_stats(results: list[dict[str, Any]], env_ids: list[str], agents: list[str]) -> Stats:
+    """Mean over seeds of each (env, agent)'s evaluation return, its 95% CI and its count; absent cells left out."""
+    table: Stats = {}
+    for env_id in env_ids:
+        table[env_id] = {}
+        for agent in agents:
+            values = [r["mean_return"] for r in results if r["env"] == env_id and r["agent"] == agent]
+            if values:
+                table[env_id][agent] = (*mean_ci(values), len(values))
+    return table
 
 
 def format_table(
@@ -210,13 +241,10 @@ def format_table(
     """
     header = "| env | " + " | ".join(agents) + " | chance | oracle |"
     lines = [header, "|---|" + "---:|" * (len(agents) + 2)]
+    all_stats = agent_stats(results, env_ids, agents)
     for env_id in env_ids:
         chance, _, oracle = reference_returns(env_id, episodes)
-        stats = {}
-        for agent in agents:
-            values = [r["mean_return"] for r in results if r["env"] == env_id and r["agent"] == agent]
-            if values:
-                stats[agent] = (*mean_ci(values), len(values))
+        stats = all_stats[env_id]
         best = max(stats, key=lambda a: stats[a][0]) if stats else None
         cells = []
         for agent in agents:
@@ -230,42 +258,98 @@ def format_table(
     return "\n".join(lines)
 
 
-def normalised_scores(
-    results: list[dict[str, Any]], env_ids: list[str], agents: list[str], episodes: int
-) -> dict[str, dict[str, tuple[float, float]]]:
-    """``{env: {agent: (mean, 95% CI half-width)}}`` of ``(return - chance) / (oracle - chance)`` over seeds."""
-    scores: dict[str, dict[str, tuple[float, float]]] = {}
-    for env_id in env_ids:
-        chance, _, oracle = reference_returns(env_id, episodes)
-        span = oracle - chance
-        scores[env_id] = {}
-        for agent in agents:
-            values = [(r["mean_return"] - chance) / span for r in results if r["env"] == env_id and r["agent"] == agent]
-            if values:
-                scores[env_id][agent] = mean_ci(values)
-    return scores
+def parse_table(text: str) -> tuple[list[str], Stats, dict[str, tuple[float, float]], str]:
+    """Read back the block that :func:`main` wrote into a markdown file (for :func:`plot_returns` without the runs).
+
+    Args:
+        text: the file's text; the table between :data:`BEGIN` and :data:`END` is read.
+
+    Returns:
+        ``(agents, stats, references, setting)``: the agent columns, :data:`Stats` (seeds per cell from ``(n=k)``,
+        else the ``seeds`` of the note), ``{env: (chance, oracle)}`` and the note's setting (its first sentence).
+    """
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"no generated block ({BEGIN} ... {END}) in the file: run rl_results.py --doc on it first")
+    block = text[text.index(BEGIN) + len(BEGIN) : text.index(END)].strip()
+    rows = [line for line in block.splitlines() if line.startswith("|")]
+    note = " ".join(line for line in block.splitlines() if line.strip() and not line.startswith("|"))
+    header = [c.strip() for c in rows[0].strip("|").split("|")]
+    if header[0] != "env" or header[-2:] != ["chance", "oracle"]:
+        raise ValueError(f"not a results table: header {header}")
+    agents = header[1:-2]
+    setting = note.split(". Training and evaluation took")[0]
+    seeds = re.search(r"seeds ([\d, ]+), \d+ deterministic", setting)
+    default_n = len(seeds.group(1).split(", ")) if seeds else 0
+    table: Stats = {}
+    references: dict[str, tuple[float, float]] = {}
+    for row in rows[2:]:
+        cells = [c.strip().replace("**", "") for c in row.strip("|").split("|")]
+        env_id = f"ebmm/{cells[0]}"
+        references[env_id] = (float(cells[-2]), float(cells[-1]))
+        table[env_id] = {}
+        for agent, cell in zip(agents, cells[1:-2], strict=True):
+            if cell in ("–", "-", ""):
+                continue
+            value, _, count = cell.partition(" (n=")
+            mean, _, ci = value.partition(" ± ")
+            table[env_id][agent] = (float(mean), float(ci), int(count.rstrip(")")) if count else default_n)
+    return agents, table, references, setting
 
 
-def plot_scores(scores: dict[str, dict[str, tuple[float, float]]], agents: list[str], path: str | Path, title: str):
-    """Grouped bars: one group per env, one bar per agent, with the 95% CI as error bars; written to ``path``."""
+def plot_returns(
+    table: Stats, references: dict[str, tuple[float, float]], agents: list[str], path: str | Path, setting: str
+) -> None:
+    """One panel per env (its own return scale): a point per agent with its 95% CI, chance and oracle as lines.
+
+    Points rather than bars: each panel's axis starts near the lowest value, not at 0, so that BinaryRecall's
+    returns (0.5-1, chance 0.875) and Familiarity's (4-8) are both readable.
+
+    Args:
+        table: :data:`Stats` per env and agent.
+        references: ``{env: (chance, oracle)}`` returns.
+        agents: the bars, in order (colours are the same in every panel).
+        path: the PNG to write (atomically).
+        setting: the runs' setting in words (steps, seeds, evaluation, PPO settings), printed under the title.
+    """
+    import textwrap
+
     from ebmm_rl.image_report import _pyplot
 
     plt = _pyplot()
-    envs_ = list(scores)
-    width = 0.8 / max(len(agents), 1)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(envs_), 3.6))
-    for i, agent in enumerate(agents):
-        xs = [e + (i - (len(agents) - 1) / 2) * width for e in range(len(envs_))]
-        means = [scores[env].get(agent, (np.nan, 0.0))[0] for env in envs_]
-        errs = [scores[env].get(agent, (np.nan, 0.0))[1] for env in envs_]
-        ax.bar(xs, means, width, yerr=errs, capsize=3, label=agent)
-    ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
-    ax.set_xticks(range(len(envs_)), [e.removeprefix("ebmm/").replace("-v0", "") for e in envs_], fontsize=8)
-    ax.set_ylabel("(return - chance) / (oracle - chance)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    env_ids = list(table)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(1, len(env_ids), figsize=(1.2 + 2.3 * len(env_ids), 4.4), squeeze=False)
+    for ax, env_id in zip(axes[0], env_ids, strict=True):
+        chance, oracle = references[env_id]
+        low, high = min(chance, oracle), max(chance, oracle)
+        for i, agent in enumerate(agents):
+            if agent not in table[env_id]:
+                continue
+            mean, ci, _ = table[env_id][agent]
+            ax.errorbar(i, mean, yerr=ci, fmt="o", markersize=6, capsize=4, color=colours[i % len(colours)])
+            low, high = min(low, mean - ci), max(high, mean + ci)
+        ax.axhline(chance, color="black", linestyle="--", linewidth=1.0)
+        ax.axhline(oracle, color="tab:green", linestyle=":", linewidth=1.5)
+        margin = 0.08 * (high - low or 1.0)
+        ax.set_ylim(low - margin, high + margin)
+        ax.set_xlim(-0.6, len(agents) - 0.4)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_xticks(range(len(agents)), agents, rotation=45, ha="right", fontsize=8)
+        ax.set_title(env_id.removeprefix("ebmm/").replace("-v0", ""), fontsize=9)
+        ax.tick_params(axis="y", labelsize=8)
+    axes[0][0].set_ylabel("mean evaluation return (over seeds, 95% t CI)", fontsize=8)
+    handles = [
+        plt.Line2D([], [], color=colours[i % len(colours)], marker="o", linestyle="") for i in range(len(agents))
+    ]
+    labels = [f"{agent}: {agent_description(agent)}" for agent in agents]
+    handles += [plt.Line2D([], [], color="black", linestyle="--"), plt.Line2D([], [], color="tab:green", linestyle=":")]
+    labels += ["chance: return of the best memoryless policy (exact)", "oracle: return of a policy playing the answer"]
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7.5, frameon=False)
+    fig.suptitle(
+        "Evaluation return per env: mean over seeds ± 95% Student-t CI\n" + textwrap.fill(setting, 150), fontsize=8.5
+    )
+    rows = math.ceil(len(labels) / 2)
+    fig.tight_layout(rect=(0, 0.05 * rows + 0.01, 1, 0.88))
     tmp = Path(path).with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
@@ -287,6 +371,13 @@ def write_doc(path: str | Path, block: str) -> None:
 def main(args: Args) -> str:
     """Run the missing (env, agent, seed) runs, then write and print the table."""
     torch.set_num_threads(args.threads)
+    if args.replot:
+        if not args.plot:
+            raise SystemExit("--replot reads a table and draws --plot: give --plot <file.png> too")
+        agents, table, references, setting = parse_table(Path(args.replot).read_text())
+        plot_returns(table, references, agents, args.plot, setting)
+        print(f"{args.plot}: redrawn from the table in {args.replot}")
+        return ""
     for env_id in args.envs:
         for agent in args.agents:
             agent_args(env_id, agent, args.meta_dir)  # fail before training anything
@@ -325,10 +416,13 @@ def main(args: Args) -> str:
     table = format_table(results, list(args.envs), list(args.agents), args.eval_episodes, len(args.seeds))
     done_steps = "/".join(f"{n:,}" for n in sorted({int(r["steps"]) for r in results}))  # learn() rounds up
     settings = "".join(f", --{k.replace('_', '-')} {v}" for k, v in overrides.items())
-    note = (
+    setting = (
         f"{done_steps} env steps per run (--steps {args.steps}), seeds {', '.join(map(str, args.seeds))}, "
         f"{args.eval_episodes} deterministic evaluation episodes per run; mean return over seeds ± 95% CI "
-        f"(Student t){settings}. Training and evaluation took {cpu_minutes:.0f} CPU min ({wall_minutes:.0f} min "
+        f"(Student t){settings}"
+    )
+    note = (
+        f"{setting}. Training and evaluation took {cpu_minutes:.0f} CPU min ({wall_minutes:.0f} min "
         f"wall) in total ({args.threads} torch thread, {platform.machine()}, torch {torch.__version__})."
     )
     block = f"{table}\n\n{note}"
@@ -337,8 +431,9 @@ def main(args: Args) -> str:
     if args.doc:
         write_doc(args.doc, block)
     if args.plot:
-        scores = normalised_scores(results, list(args.envs), list(args.agents), args.eval_episodes)
-        plot_scores(scores, list(args.agents), args.plot, f"{done_steps} env steps, seeds {list(args.seeds)}")
+        table_stats = agent_stats(results, list(args.envs), list(args.agents))
+        references = {e: reference_returns(e, args.eval_episodes)[::2] for e in args.envs}  # (chance, oracle)
+        plot_returns(table_stats, references, list(args.agents), args.plot, setting)
     print(block)
     return block
 

@@ -57,7 +57,7 @@ def test_meta_train_baseline_on_images(tmp_path, monkeypatch, capsys):
 
     from ebmm_rl.data import ImageDataset
 
-    def fake_data(data_dir, name, split):  # 12 binary 16x16 images instead of Omniglot files
+    def fake_data(data_dir, name, split, mnist_dir=None):  # 12 binary 16x16 images instead of Omniglot files
         images = (torch.rand(12, 1, 16, 16, generator=torch.Generator().manual_seed(len(split))) > 0.5).float()
         return ImageDataset(images, torch.arange(12) % 3, name, split, binary=True)
 

@@ -216,6 +216,9 @@ def test_cifar_errors(tmp_path, monkeypatch):
     root = tmp_path / "cifar10" / "cifar-10-batches-py"
     root.mkdir(parents=True)
     (root / "test_batch").write_bytes(pickle.dumps(cifar_batch(3, 0), protocol=2)[:-40])  # truncated
+    with pytest.raises(ValueError, match=r"test_batch ends early .*truncated"):
+        load_dataset("cifar10", "test")
+    (root / "test_batch").write_bytes(b"not a pickle at all")
     with pytest.raises(ValueError, match="not a CIFAR-10 python batch"):
         load_dataset("cifar10", "test")
     (root / "test_batch").write_bytes(pickle.dumps({b"data": [1, 2, 3]}, protocol=2))
@@ -404,3 +407,57 @@ def test_real_cifar10_counts_values_and_first_labels():
     assert test.labels[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
     assert (train.images[0, :2, 0, :3] * 255).round().tolist() == [[59, 43, 50], [62, 46, 48]]
     assert (test.images[0, 0, 0, :3] * 255).round().tolist() == [158, 159, 165]
+
+
+# ---------------------------------------------------------------------------------------- empty and truncated files
+@pytest.mark.parametrize("name", ["omniglot", "cifar10", "mnist", "imagenet64"])
+def test_an_empty_file_is_named_in_the_error(tmp_path, name):
+    files = {
+        "omniglot": "images_evaluation.zip",
+        "cifar10": "test_batch",
+        "mnist": "t10k-images-idx3-ubyte",
+        "imagenet64": "val_data.npz",
+    }
+    if name == "mnist":
+        write_mnist(tmp_path, "t10k", np.zeros((2, 28, 28), np.uint8), np.zeros(2, np.uint8), gz=False)
+    empty = tmp_path / files[name]
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=rf"{files[name]} is empty \(0 bytes\).*fetch it again"):
+        load_dataset(name, "test", tmp_path, **({"cache": False} if name == "omniglot" else {}))
+
+
+def test_mnist_reads_the_gz_when_the_plain_file_is_empty(tmp_path):
+    images = np.zeros((3, 28, 28), dtype=np.uint8)
+    images[:, 7:21, 7:21] = 255
+    labels = np.array([4, 5, 6], dtype=np.uint8)
+    write_mnist(tmp_path, "t10k", images, labels, gz=True)
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(b"")  # an interrupted gunzip beside a good .gz
+    with pytest.warns(UserWarning, match=r"t10k-images-idx3-ubyte is empty .*reading .*t10k-images-idx3-ubyte\.gz"):
+        data = load_mnist("test", tmp_path, image_size=28, binarize=False)
+    np.testing.assert_allclose(data.images[:, 0].numpy() * 255, images, atol=1e-3)
+    assert data.labels.tolist() == [4, 5, 6]
+
+
+def test_truncated_files_are_named_in_the_error(tmp_path):
+    images, labels = np.zeros((2, 28, 28), np.uint8), np.zeros(2, np.uint8)
+    mnist = tmp_path / "mnist"
+    write_mnist(mnist, "t10k", images, labels, gz=True)
+    gz = mnist / "t10k-images-idx3-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:-12])  # the gzip stream loses its end
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte\.gz: the gzip stream ends early.*truncated"):
+        load_mnist("test", mnist)
+    gz.write_bytes(gzip.compress(idx_bytes(images)[:6]))  # cut inside the header
+    with pytest.raises(ValueError, match=r"6 bytes, shorter than the 16-byte IDX header: truncated"):
+        load_mnist("test", mnist)
+    omniglot = tmp_path / "omniglot"
+    write_omniglot(omniglot, "images_evaluation")
+    archive = omniglot / "images_evaluation.zip"
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"images_evaluation\.zip is not a zip file, or a truncated one"):
+        load_omniglot("test", omniglot, cache=False)
+    imagenet = tmp_path / "imagenet64"
+    write_imagenet(imagenet / "val_data.npz", 2, 0)
+    npz = imagenet / "val_data.npz"
+    npz.write_bytes(npz.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=r"val_data\.npz is not a readable npz file, or a truncated one"):
+        load_imagenet64("test", imagenet)

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 import torch
 
+from ebmm_rl import data as ebmm_data
 from ebmm_rl.checkpoint import memory_spec, save_atomic, save_memory
 from ebmm_rl.data import ImageDataset
 from ebmm_rl.distortions import make_sampler, paper_distortion
 from ebmm_rl.energy import ResNetConvConfig, ResNetConvEnergy
-from ebmm_rl.image_eval import episode_errors, familiarity_auroc, noise_images
+from ebmm_rl.image_eval import episode_errors, familiarity_auroc, image_grid, noise_images
 from ebmm_rl.image_report import markdown_table, paper_points, plot_energy_histograms, plot_errors, save_png
 from ebmm_rl.memory import EBMMConfig, EBMMemory
 from ebmm_rl.protocol import build_memory as build_registered
@@ -264,8 +265,23 @@ def test_mnist_transfer_on_tiny_idx_files_and_missing_mnist(scripts, data_dir, c
     _, image = scripts
     common = ["--checkpoint", str(checkpoint), *FAST, "--grid-rows", "2", "--out-dir", str(tmp_path)]
     rows = run(image, "mnist", *common, "--data-dir", str(data_dir))
-    assert [r[0] for r in rows] == ["omniglot test", "mnist test"]
+    names = ["distorted query, no retrieval", "blank image (all background)"]
+    assert [r[0] for r in rows] == [
+        f"{d} test{w}" for d in ("omniglot", "mnist") for w in ("", *(f": {n}" for n in names))
+    ]
+    mnist = ebmm_data.load_mnist("test", data_dir / "mnist")
+    blank = mnist.images.sum(dim=(1, 2, 3))  # ink pixels per image: the error of answering with a blank image
+    assert blank.min() <= rows[5][1] <= blank.max() and rows[5][2] <= rows[5][1] <= rows[5][3]
+    table = (tmp_path / "mnist.md").read_text()
+    assert "| mnist test: blank image (all background) |" in table and "| omniglot test: distorted query" in table
     assert is_png(tmp_path / "mnist_grid.png") and is_png(tmp_path / "mnist_energy.png")
+    elsewhere = tmp_path / "elsewhere"  # --mnist-dir: MNIST need not sit beside Omniglot
+    (data_dir / "mnist").rename(elsewhere)
+    try:
+        moved = run(image, "mnist", *common, "--data-dir", str(data_dir), "--mnist-dir", str(elsewhere))
+    finally:
+        elsewhere.rename(data_dir / "mnist")
+    assert moved == [[*r[:-1], moved[i][-1]] for i, r in enumerate(rows)]  # the same numbers; only the seconds differ
     no_mnist = tmp_path / "no_mnist"
     write_omniglot(no_mnist / "omniglot")
     with pytest.raises(SystemExit, match=r"t10k-images-idx3-ubyte.*\$EBMM_DATA_DIR/mnist/"):
@@ -358,5 +374,23 @@ def test_report_tables_and_plots(tmp_path):
     energies = {"memories": torch.randn(50), "ood": torch.tensor([1.0, float("inf")])}
     assert is_png(plot_energy_histograms(energies, tmp_path / "h.png", title="t"))
     assert is_png(save_png(torch.rand(3, 5, 6), tmp_path / "g.png", scale=2))
+
+
+def test_grid_png_has_labelled_columns(tmp_path):
+    from PIL import Image
+
+    grid = image_grid(torch.zeros(2, 4, 1, 10, 10), padding=2, pad_value=0.5)  # 2 rows, 4 black columns
+    plain = save_png(grid, tmp_path / "plain.png", scale=3)
+    labelled = save_png(grid, tmp_path / "labelled.png", scale=3, column_labels=["query", "k=1", "k=2", "original"])
+    with Image.open(plain) as a, Image.open(labelled) as b:
+        plain_px, labelled_px = np.asarray(a), np.asarray(b)
+    header = labelled_px.shape[0] - plain_px.shape[0]
+    assert header > 8 and labelled_px.shape[1] == plain_px.shape[1]
+    np.testing.assert_array_equal(labelled_px[header:], plain_px)  # the grid itself is unchanged, below the labels
+    ink = labelled_px[:header] < 128  # dark text on a white strip
+    pitch = 12 * 3  # one 10-pixel cell and its 2-pixel border, scaled 3 times
+    for column in range(4):  # each label sits over its own column
+        assert ink[:, 6 + column * pitch : 6 + (column + 1) * pitch - 6].any(), column
+    assert not ink[:, :3].any() and not ink[:, -3:].any()
     with pytest.raises(ValueError, match="C = 1 or 3"):
         save_png(torch.rand(2, 5, 5), tmp_path / "bad.png")

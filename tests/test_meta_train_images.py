@@ -212,6 +212,23 @@ def test_script_explains_missing_data_and_bad_budgets(tmp_path, data_dir, monkey
         script.main(script.tyro.cli(script.Args, args=[*TINY, "--resume"]))
 
 
+def test_script_time_limit_status_lines_and_mnist_dir(data_dir, tmp_path, capsys):
+    script = load_script()
+    base = [*TINY, "--data-dir", str(tmp_path / "nowhere")]  # no data sets under it: MNIST must come from --mnist-dir
+    argv = [*base, "--dataset", "mnist", "--mnist-dir", str(data_dir / "mnist"), "--steps", "1000", "--log-every", "1"]
+    argv += ["--time-limit-min", "0.005", "--status-every-s", "1e-9", "--run-dir", str(tmp_path / "run")]
+    script.main(script.tyro.cli(script.Args, args=argv))  # 0.3 CPU-s: a few of the 1000 steps
+    out = capsys.readouterr().out
+    steps = int(re.search(r"step (\d+): stopped at the time limit \(0.3 s of CPU time\)", out).group(1))
+    assert 0 < steps < 1000 and f"after {steps} steps" in out
+    status = re.findall(r"^step (\d+)/1000: loss \S+, error \S+, grad norm \S+, \S+ episodes/s", out, re.MULTILINE)
+    assert status == [str(k) for k in range(1, steps + 1)]  # a line at every logging step (--status-every-s ~0)
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == steps
+    with pytest.raises(SystemExit, match=r"(?s)train-images-idx3-ubyte.* under .*empty.*--mnist-dir"):
+        bad = [*base, "--dataset", "mnist", "--mnist-dir", str(tmp_path / "empty"), "--run-dir", str(tmp_path / "r")]
+        script.main(script.tyro.cli(script.Args, args=bad))
+
+
 def test_ddp_gloo_two_ranks_end_with_identical_parameters(data_dir, tmp_path):
     run_dir = tmp_path / "ddp"
     args = [*TINY, "--data-dir", str(data_dir), "--run-dir", str(run_dir), "--steps", "2"]
@@ -382,6 +399,17 @@ def test_image_evaluator_reports_errors_grid_and_energy_classes():
     again = evaluator.evaluate(memory)  # the same batches every time
     assert again.metrics == pytest.approx(metrics)
     assert energy_table(again.cell_energies).startswith("|row|query|k=1|k=2|original|")
+
+
+def test_image_evaluator_reference_scores_by_hand():
+    # every image all ink and an erasing block of 4x4: the query differs from its image in exactly 16 pixels,
+    # the blank image in all 256, whatever the memory does
+    data = ImageDataset(torch.ones(10, 1, 16, 16), torch.arange(10), "ones", "test", True)
+    evaluator = ImageEvaluator(data, query_distortion(data, "erase", 4), 2, 3, num_batches=2)
+    result = evaluator.evaluate(tiny_memory(data.data_shape))
+    assert set(result.reference_scores) == {"no_retrieval", "blank"}
+    assert result.reference_scores["no_retrieval"].tolist() == [16.0] * 4  # 2 batches x 2 episodes
+    assert result.reference_scores["blank"].tolist() == [256.0] * 4
 
 
 # ------------------------------------------------------------------------------- NaN regression (all-zero pattern)

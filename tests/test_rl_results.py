@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,8 @@ import rl_results  # noqa: E402
 
 def test_mean_ci():
     assert rl_results.mean_ci([0.5]) == (0.5, 0.0)
-    mean, half = rl_results.mean_ci([0.0, 1.0, 2.0])
-    assert mean == pytest.approx(1.0) and half == pytest.approx(4.303 / 3**0.5)
+    mean, half = rl_results.mean_ci([0.0, 1.0, 2.0])  # s = 1; t_{0.975, 2} = 0.95 / sqrt(2 * 0.975 * 0.025)
+    assert mean == pytest.approx(1.0) and half == pytest.approx(0.95 / math.sqrt(0.04875) / math.sqrt(3), rel=1e-10)
 
 
 def test_oracle_reaches_the_maximum_return():
@@ -40,6 +41,7 @@ def test_sweep_writes_the_table_and_resumes(tmp_path):
     args = [
         "scripts/rl_results.py", "--envs", "ebmm/BinaryRecall-Easy-v0", "--agents", "mlp", "ebmm", "--seeds", "0",
         "--steps", "64", "--eval-episodes", "2", "--out-dir", str(out_dir), "--doc", str(doc), "--no-progress",
+        "--plot", str(tmp_path / "returns.png"),
     ]  # fmt: skip
     result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -47,6 +49,7 @@ def test_sweep_writes_the_table_and_resumes(tmp_path):
     table = doc.read_text()
     assert "| env | mlp | ebmm | chance | oracle |" in table
     assert "| BinaryRecall-Easy-v0 |" in table and "0.750 | 1.000 |" in table  # chance and oracle
+    assert (tmp_path / "returns.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "seed 0: return" not in again.stdout  # nothing re-trained
 
@@ -79,16 +82,32 @@ def test_meta_agent_uses_a_frozen_env_checkpoint(tmp_path):
     assert result["steps"] >= 64 and len(result["returns"]) == 2
 
 
-def test_plot_of_normalised_scores(tmp_path):
+def test_table_round_trip_and_plot(tmp_path):
+    env_ids = ["ebmm/KeyValueRecall-Easy-v0", "ebmm/BinaryRecall-Easy-v0"]
     results = [
-        dict(env="ebmm/KeyValueRecall-Easy-v0", agent=agent, mean_return=value)
-        for agent, values in (("mlp", (0.25, 0.25)), ("ebmm", (1.0, 0.625)))
+        dict(env=env_ids[0], agent=agent, mean_return=value)
+        for agent, values in (("mlp", (0.25, 0.25)), ("ebmm-meta", (1.0, 0.625)))
         for value in values
-    ]
-    scores = rl_results.normalised_scores(results, ["ebmm/KeyValueRecall-Easy-v0"], ["mlp", "ebmm"], episodes=3)
-    (mlp, ebmm) = (scores["ebmm/KeyValueRecall-Easy-v0"][a] for a in ("mlp", "ebmm"))
-    assert mlp == (0.0, 0.0)  # chance 0.25 -> 0, oracle 1.0 -> 1
-    assert ebmm[0] == pytest.approx(0.75) and ebmm[1] == pytest.approx(12.706 * 0.25)  # t(1) * std / sqrt(2)
+    ] + [dict(env=env_ids[1], agent="mlp", mean_return=0.5)]
+    table = rl_results.format_table(results, env_ids, ["mlp", "ebmm-meta"], episodes=3, num_seeds=2)
+    setting = "64 env steps per run (--steps 64), seeds 0, 1, 3 deterministic evaluation episodes per run; mean"
+    doc = tmp_path / "doc.md"
+    rl_results.write_doc(doc, f"{table}\n\n{setting}. Training and evaluation took 1 CPU min (2 min wall).")
+    agents, stats, references, parsed_setting = rl_results.parse_table(doc.read_text())
+    assert agents == ["mlp", "ebmm-meta"] and parsed_setting == setting
+    assert references == {env_ids[0]: (0.25, 1.0), env_ids[1]: (0.75, 1.0)}  # chance, oracle
+    assert stats[env_ids[0]]["mlp"] == (0.25, 0.0, 2)
+    half = 12.7062047361747 * 0.375 / 2  # t_{0.975, 1} * std / sqrt(2), std of (1, 0.625) = 0.375 / sqrt(2) * 2
+    assert stats[env_ids[0]]["ebmm-meta"] == pytest.approx((0.812, round(half, 3), 2))  # 3 decimals, as printed
+    assert stats[env_ids[1]] == {"mlp": (0.5, 0.0, 1)} and "ebmm-meta" not in stats[env_ids[1]]
     pytest.importorskip("matplotlib")
-    rl_results.plot_scores(scores, ["mlp", "ebmm"], tmp_path / "scores.png", "test")
-    assert (tmp_path / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rl_results.plot_returns(stats, references, agents, tmp_path / "returns.png", setting)
+    assert (tmp_path / "returns.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "meta-trained" in rl_results.agent_description("ebmm-meta")
+    assert rl_results.agent_description("mlp") == "PPO/A2C, no memory"
+
+
+def test_replot_needs_plot(tmp_path):
+    done = subprocess.run([sys.executable, "scripts/rl_results.py", "--replot", "docs/rl_results.md"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode != 0 and "--plot" in done.stderr and "Traceback" not in done.stderr

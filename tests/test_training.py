@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import replace as dataclasses_replace
 
 import pytest
 import torch
@@ -150,8 +152,12 @@ def test_cosine_schedule_decays_to_the_floor_and_resumes_exactly(tmp_path):
     assert trainer.lr_factor(0) == pytest.approx(1.0)
     assert trainer.lr_factor(5) == pytest.approx(0.55)
     assert trainer.lr_factor(10) == pytest.approx(0.1)
+    used = []  # the weights' rate at each optimizer step
+    trainer.optimizer.register_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
     trainer.train()
-    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(3e-3 * trainer.lr_factor(9))
+    expected = [3e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / 10))) for s in range(10)]
+    assert used == pytest.approx(expected, rel=1e-12)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(3e-4)  # the rate of step 10, the floor
 
     cosine = config(steps=6, lr_schedule="cosine")
     straight = tiny_memory()
@@ -192,7 +198,8 @@ def test_rollback_restores_the_healthy_snapshot_and_lowers_the_learning_rates():
     assert trainer.rollbacks == 1 and trainer.skipped_total == 2 and trainer.step == 6
     for name, value in seen[6].items():
         torch.testing.assert_close(value, seen[3][name], rtol=0, atol=0, msg=name)
-    assert [g["base_lr"] for g in trainer.optimizer.param_groups] == pytest.approx([1.5e-3, 1.5e-3])
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == pytest.approx([1.5e-3, 1.5e-3])
+    assert trainer.scheduler.base_lrs == pytest.approx([3e-3, 3e-3])
 
 
 def test_bad_schedule_settings_raise():
@@ -200,3 +207,70 @@ def test_bad_schedule_settings_raise():
         config(lr_schedule="linear")
     with pytest.raises(ValueError, match="rollback_after"):
         config(rollback_after=200, max_consecutive_skips=100)
+
+
+def test_rollback_halves_the_cosine_schedule_and_the_scheduler_state_resumes(tmp_path):
+    memory = tiny_memory()
+    real_forward = memory.forward
+    calls = {"n": 0}
+
+    def exploding_forward(patterns, queries, known_mask=None):
+        calls["n"] += 1
+        out = real_forward(patterns, queries, known_mask)
+        return MetaOutput(out.loss * math.nan, out.errors, out.read, out.state) if calls["n"] in (4, 5) else out
+
+    memory.forward = exploding_forward
+    cfg = config(steps=8, checkpoint_every=2, rollback_after=2, lr_schedule="cosine", min_lr_ratio=0.1)
+    trainer = MetaTrainer(memory, sampler, cfg, run_dir=tmp_path)
+    used = []
+    trainer.optimizer.register_step_pre_hook(
+        lambda opt, args, kwargs: used.append((trainer.step, opt.param_groups[0]["lr"]))
+    )
+    trainer.train()
+
+    def cosine(s):  # hand-written reference of the schedule
+        return 3e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / 8)))
+
+    # steps 3 and 4 are skipped (no optimizer step); the rollback after step 4 halves every later rate
+    assert [s for s, _ in used] == [0, 1, 2, 5, 6, 7]
+    assert [lr for _, lr in used] == pytest.approx([cosine(s) * (0.5 if s >= 5 else 1.0) for s, _ in used], rel=1e-12)
+    saved = load_checkpoint(tmp_path / "checkpoint.pt")  # loads with weights_only=True
+    assert saved["scheduler"]["last_epoch"] == 8 and saved["rollbacks"] == 1
+    resumed = MetaTrainer(tiny_memory(), sampler, dataclasses_replace(cfg, steps=10), run_dir=tmp_path)
+    resumed.load_checkpoint()
+    assert resumed.scheduler.last_epoch == 8
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(
+        0.5 * 3e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.8)))
+    )
+
+
+def test_checkpoints_without_scheduler_state_still_resume_on_schedule(tmp_path):
+    cfg = config(steps=6, lr_schedule="cosine", min_lr_ratio=0.1)
+    trainer = MetaTrainer(
+        tiny_memory(), sampler, config(steps=3, lr_schedule="cosine", min_lr_ratio=0.1), run_dir=tmp_path
+    )
+    trainer.train()
+    old = load_checkpoint(tmp_path / "checkpoint.pt")
+    del old["scheduler"]  # the layout before the scheduler: each group carried its base rate as "base_lr"
+    for group in old["optimizer"]["param_groups"]:
+        group["base_lr"] = 3e-3
+    torch.save(old, tmp_path / "checkpoint.pt")
+    resumed = MetaTrainer(tiny_memory(), sampler, cfg, run_dir=tmp_path)
+    resumed.load_checkpoint()
+    assert resumed.step == 3 and resumed.scheduler.base_lrs == pytest.approx([3e-3, 3e-3])
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(
+        3e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 3 / 6)))
+    )
+
+
+def test_status_lines_without_a_progress_bar(capsys):
+    MetaTrainer(tiny_memory(), sampler, config(steps=4, log_every=2, status_every_s=1e-9)).train()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert [line.split(":")[0] for line in lines] == ["step 2/4", "step 4/4"]
+    assert all(
+        re.search(r"loss \S+, error \S+, grad norm \S+, \S+ episodes/s, \S+ CPU-min, 0 skipped", ln) for ln in lines
+    )
+    MetaTrainer(tiny_memory(), sampler, config(steps=4, log_every=2)).train()  # default: one line a minute at most
+    assert "step 2/4" not in capsys.readouterr().out
+    with pytest.raises(ValueError, match="status_every_s"):
+        config(status_every_s=-1)

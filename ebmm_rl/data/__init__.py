@@ -13,9 +13,12 @@ Files are looked for under ``root``, by default ``$EBMM_DATA_DIR/<folder>`` (fol
 * ``cifar10``: ``$EBMM_DATA_DIR/cifar10/cifar-10-batches-py/`` holds ``data_batch_1`` .. ``data_batch_5`` and
   ``test_batch`` (the python version of CIFAR-10).
 * ``mnist``: ``$EBMM_DATA_DIR/mnist/`` holds ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
-  ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each plain or ``.gz``.
+  ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each plain or ``.gz`` (an empty plain file, left by an
+  interrupted download, is passed over for the ``.gz`` beside it).
 * ``imagenet64``: ``$EBMM_DATA_DIR/imagenet64/`` holds ``train_data_batch_1.npz`` .. ``train_data_batch_10.npz``
   and ``val_data.npz`` (downsampled ImageNet, npz version).
+
+An empty or truncated file stops a loader with a ``ValueError`` that names the file.
 
 Preprocessing choices (the paper states the first two and leaves the details open):
 

@@ -19,7 +19,15 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ebmm_rl.data.core import LAYOUTS, ImageDataset, canonical_split, missing_files, resolve_root, to_dataset
+from ebmm_rl.data.core import (
+    LAYOUTS,
+    ImageDataset,
+    canonical_split,
+    check_not_empty,
+    missing_files,
+    resolve_root,
+    to_dataset,
+)
 
 __all__ = ["RefusedGlobal", "RestrictedUnpickler", "load_cifar10", "restricted_load"]
 
@@ -60,12 +68,17 @@ def load_cifar10(
         )
     images, labels = [], []
     for path in paths:
+        check_not_empty(path, "cifar10")
         with path.open("rb") as f:
             try:
                 batch = restricted_load(f)
             except RefusedGlobal:
                 raise
             except Exception as err:  # a damaged pickle can fail in many ways; all mean "not a CIFAR batch"
+                if isinstance(err, EOFError) or "truncated" in str(err):
+                    raise ValueError(
+                        f"{path} ends early ({path.stat().st_size:,} bytes): the batch is truncated, re-download it"
+                    ) from err
                 raise ValueError(f"{path} is not a CIFAR-10 python batch ({err!r}); {LAYOUTS['cifar10']}") from err
         data, lab = _cifar_arrays(batch, path)
         images.append(data.reshape(-1, 3, 32, 32))  # rows are R, G, B planes of 32x32, row-major

@@ -136,6 +136,16 @@ def missing_files(dataset: str, expected: Path | str, root: Path) -> FileNotFoun
     )
 
 
+def check_not_empty(path: Path, dataset: str) -> Path:
+    """``path``, or ValueError naming it when the file is empty (an interrupted download or copy leaves 0 bytes)."""
+    if path.stat().st_size == 0:
+        raise ValueError(
+            f"{dataset}: {path} is empty (0 bytes), probably an interrupted download or copy; delete it and fetch "
+            f"it again ({LAYOUTS[dataset]})"
+        )
+    return path
+
+
 def to_dataset(
     images: np.ndarray,
     labels: np.ndarray,

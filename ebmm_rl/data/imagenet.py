@@ -5,11 +5,20 @@ from __future__ import annotations
 import os
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-from ebmm_rl.data.core import LAYOUTS, ImageDataset, canonical_split, missing_files, resolve_root, to_dataset
+from ebmm_rl.data.core import (
+    LAYOUTS,
+    ImageDataset,
+    canonical_split,
+    check_not_empty,
+    missing_files,
+    resolve_root,
+    to_dataset,
+)
 
 __all__ = ["load_imagenet64"]
 
@@ -66,13 +75,14 @@ def _find_npz(base: Path, name: str) -> list[Path]:
 
 def _imagenet_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """``images [N, 3, S, S]`` uint8 and 0-based ``labels [N]`` of one npz file, checked."""
+    check_not_empty(path, "imagenet64")
     try:
         with np.load(path, allow_pickle=False) as npz:
             if "data" not in npz.files or "labels" not in npz.files:
                 raise ValueError(f"{path} has keys {npz.files}; expected 'data' and 'labels' ({LAYOUTS['imagenet64']})")
             data, labels = npz["data"], np.asarray(npz["labels"], dtype=np.int64).reshape(-1)
-    except (OSError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path} is not a readable npz file ({err}); re-download it") from err
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise ValueError(f"{path} is not a readable npz file, or a truncated one ({err}); re-download it") from err
     side = int(round((data.shape[1] // 3) ** 0.5)) if data.ndim == 2 else 0
     if data.dtype != np.uint8 or data.ndim != 2 or side == 0 or 3 * side * side != data.shape[1]:
         raise ValueError(f"{path}: 'data' must be uint8 [N, 3*S*S] (S = 64), got {data.dtype} {data.shape}")

@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import gzip
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ebmm_rl.data.core import LAYOUTS, ImageDataset, canonical_split, missing_files, resolve_root, to_dataset
+from ebmm_rl.data.core import (
+    LAYOUTS,
+    ImageDataset,
+    canonical_split,
+    check_not_empty,
+    missing_files,
+    resolve_root,
+    to_dataset,
+)
 
 __all__ = ["load_mnist"]
 
@@ -67,13 +76,29 @@ def load_mnist(
 
 
 def _find_idx(base: Path, prefix: str, kind: str, ndim: int) -> Path:
+    """The first non-empty IDX file among the known names and folders (plain before ``.gz``).
+
+    An empty file (an interrupted download) is passed over, with a warning, when another candidate, such as the
+    ``.gz`` beside it, is not empty; when every candidate is empty, the first one is returned (and reading it
+    raises an error naming it).
+    """
     names = [f"{prefix}-{kind}-idx{ndim}-ubyte", f"{prefix}-{kind}.idx{ndim}-ubyte"]
-    for folder in (base, base / "MNIST" / "raw", base / "raw"):
-        for name in names:
-            for candidate in (folder / name, folder / f"{name}.gz"):
-                if candidate.is_file():
-                    return candidate
-    raise missing_files("mnist", f"{names[0]} or {names[0]}.gz", base)
+    found = [
+        candidate
+        for folder in (base, base / "MNIST" / "raw", base / "raw")
+        for name in names
+        for candidate in (folder / name, folder / f"{name}.gz")
+        if candidate.is_file()
+    ]
+    if not found:
+        raise missing_files("mnist", f"{names[0]} or {names[0]}.gz", base)
+    filled = [path for path in found if path.stat().st_size > 0]
+    if not filled:
+        return found[0]
+    empty = found[: found.index(filled[0])]
+    if empty:
+        warnings.warn(f"MNIST: {empty[0]} is empty (0 bytes); reading {filled[0]} instead", stacklevel=3)
+    return filled[0]
 
 
 def _read_idx(path: Path, ndim: int) -> np.ndarray:
@@ -81,13 +106,20 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
 
     Gzipped files are recognised by their magic bytes, whatever their name.
     """
+    check_not_empty(path, "mnist")
     try:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError) as err:
+    except EOFError as err:
+        raise ValueError(f"{path}: the gzip stream ends early ({err}): the file is truncated, re-download it") from err
+    except OSError as err:
         raise ValueError(f"{path}: cannot read ({err}); re-download the MNIST file") from err
     offset = 4 + 4 * ndim
+    if len(raw) < offset and raw[: min(len(raw), 4)] == bytes([0, 0, 8, ndim])[: len(raw)]:
+        raise ValueError(
+            f"{path}: {len(raw)} bytes, shorter than the {offset}-byte IDX header: truncated, re-download it"
+        )
     if len(raw) < offset or raw[:3] != b"\x00\x00\x08" or raw[3] != ndim:
         raise ValueError(
             f"{path} is not an IDX file of {ndim}-D unsigned bytes (header {raw[:4].hex()}, expected "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from ebmm_rl.data.core import (
     cache_read,
     cache_write,
     canonical_split,
+    check_not_empty,
     file_fingerprint,
     folder_fingerprint,
     missing_files,
@@ -98,10 +100,13 @@ def _omniglot_members(names: list[str], where: Path) -> dict[str, list[str]]:
 
 def _decode_omniglot(source: Path, image_size: int, binarize: bool) -> dict[str, np.ndarray]:
     if source.is_file():
+        check_not_empty(source, "omniglot")
         try:
             archive = zipfile.ZipFile(source)
         except zipfile.BadZipFile as err:
-            raise ValueError(f"{source} is not a zip file ({err}); re-download the upstream Omniglot zip.") from err
+            raise ValueError(
+                f"{source} is not a zip file, or a truncated one ({err}); re-download the upstream Omniglot zip."
+            ) from err
         with archive:
             members = _omniglot_members(archive.namelist(), source)
             return _decode_characters(members, archive.read, image_size, binarize, source)
@@ -124,8 +129,10 @@ def _decode_characters(
         try:
             with Image.open(io.BytesIO(read(member))) as png:
                 gray = np.asarray(png if png.mode == "1" else png.convert("L"))  # [H, W], bool or uint8
-        except (UnidentifiedImageError, OSError) as err:
-            raise ValueError(f"{source}: cannot decode {member} ({err}); the file is damaged, re-extract it.") from err
+        except (UnidentifiedImageError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+            raise ValueError(
+                f"{source}: cannot read or decode {member} ({err}); the file is damaged or truncated, fetch it again."
+            ) from err
         # ink: strokes 1, background 0
         chunk.append((~gray).astype(np.float32) if gray.dtype == bool else (255.0 - gray) * np.float32(1 / 255))
         if len(chunk) == 512 or i == len(order) - 1:

@@ -103,9 +103,15 @@ def test_decoder_rejects_damaged_files():
     with pytest.raises(PNGFormatError, match="signature"):
         decode_png(b"GIF89a" + data[6:])
     damaged = bytearray(data)
-    damaged[40] ^= 0xFF  # inside the IDAT chunk
-    with pytest.raises(PNGFormatError, match="CRC"):
+    damaged[45] ^= 0xFF  # in the IDAT chunk's data (byte 33 starts the chunk: length, type, data)
+    with pytest.raises(PNGFormatError, match="checksum"):
         decode_png(bytes(damaged))
+    damaged = bytearray(data)
+    damaged[40] ^= 0xFF  # the chunk type "IDAT" itself
+    with pytest.raises(PNGFormatError, match="Damaged PNG"):
+        decode_png(bytes(damaged))
+    with pytest.raises(PNGFormatError, match="Damaged PNG"):
+        decode_png(data[:20])  # truncated inside IHDR
     assert issubclass(PNGFormatError, ValueError)
 
 
