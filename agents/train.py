@@ -57,6 +57,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 import envs  # noqa: F401  (registers the ids in this process)
 from ebmm_rl.checkpoint import load_checkpoint, load_memory
 from ebmm_rl.protocol import MEMORIES as MEMORY_REGISTRY
+from ebmm_rl.rl.callbacks import MemoryLoggerCallback
 from ebmm_rl.rl import (
     EBMMExtractor,
     EBMMPolicy,
@@ -514,6 +515,8 @@ def main(args: Args) -> BaseAlgorithm:
                 verbose=0,
             )
         )
+    if isinstance(getattr(model.policy, "features_extractor", None), EBMMExtractor):
+        callbacks.append(MemoryLoggerCallback())  # memory/... curves in TensorBoard
     progress = args.progress_bar and all(importlib.util.find_spec(m) is not None for m in ("rich", "tqdm"))
     if args.progress_bar and not progress:
         print("progress bar off: it needs the rich and tqdm packages (pip install rich tqdm)")
@@ -524,7 +527,7 @@ def main(args: Args) -> BaseAlgorithm:
 
     base = gym.make(env_id(args.env)).unwrapped
     summary = f"{args.env} {args.memory}: {model.num_timesteps} steps in {elapsed:.1f} s"
-    if callbacks:
+    if eval_env is not None:
         summary += f"; last evaluation return {callbacks[0].last_mean_reward:.3f}"
     if hasattr(base, "chance_return"):  # the memory probes know both
         summary += f" (chance {base.chance_return:.3f}, max {getattr(base, 'max_return', 1):.3f})"

@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 import envs  # noqa: F401  (registers the ids)
 from agents.train import Args as TrainArgs
 from agents.train import build_model, make_env, memory_kind
+from agents.train import env_id as train_env_id
 from ebmm_rl.stats import mean_ci as t_mean_ci
 
 MEDIUM = tuple(f"ebmm/{f}-Medium-v0" for f in ("BinaryRecall", "KeyValueRecall", "ImageRecall", "Familiarity",
@@ -90,6 +91,14 @@ class Args:
     vec_env: Literal["auto", "dummy", "subproc"] | None = None
     """agents.train's --vec-env of every agent (``dummy`` runs the envs in one process: the memory agents then write
     and read all envs' memories in one batch)"""
+    n_steps: int | None = None
+    """rollout steps per env of every agent (default: agents.train's, 128)"""
+    protocol: Literal["auto", "generic", "probe"] | None = None
+    """agents.train's --protocol (``generic``: the probes without their phase protocol)"""
+    max_patterns: int | None = None
+    """agents.train's --max-patterns (history window of the PPO memory agents)"""
+    include_action_reward: bool | None = None
+    """agents.train's --include-action-reward (every agent sees the previous action and reward)"""
     meta_dir: str = "runs"
     """folder of scripts/meta_train_env.py runs, for the agent ebmm-meta"""
     doc: str | None = None
@@ -113,6 +122,9 @@ def result_path(out_dir: str | Path, env_id: str, agent: str, seed: int, steps: 
 
 META_AGENT = "ebmm-meta"
 """``ebmm`` with a frozen memory meta-trained on the env (``scripts/meta_train_env.py``)."""
+PRETRAINED_AGENT = "ebmm-recurrent-pre"
+"""``ebmm-recurrent`` whose memory (and encoder) start from a self-supervised ``scripts/meta_train_env.py`` run on the
+env (its own random-policy episodes, no labels) and keep learning from the RL loss."""
 META_DESCRIPTION = "PPO + EBMMExtractor, memory meta-trained on the env's episodes, then frozen"
 """What :data:`META_AGENT` is, in one line (the plot's legend)."""
 
@@ -121,6 +133,8 @@ def agent_description(agent: str) -> str:
     """One line saying what ``agent`` is: :data:`META_DESCRIPTION` or ``agents.train``'s description of the memory."""
     if agent == META_AGENT:
         return META_DESCRIPTION
+    if agent == PRETRAINED_AGENT:
+        return "RecurrentPPO + EBMM, memory pre-trained self-supervised on the env's own episodes (no labels)"
     try:
         return memory_kind(agent).description
     except ValueError:
@@ -134,15 +148,18 @@ def meta_checkpoint(meta_dir: str | Path, env_id: str) -> Path:
 
 def agent_args(env_id: str, agent: str, meta_dir: str | Path = "runs") -> dict[str, Any]:
     """``agents.train.Args`` fields of ``agent``: a ``--memory`` choice, or :data:`META_AGENT`."""
-    if agent != META_AGENT:
+    if agent not in (META_AGENT, PRETRAINED_AGENT):
         memory_kind(agent)
         return dict(memory=agent)
     checkpoint = meta_checkpoint(meta_dir, env_id)
     if not checkpoint.exists():
+        targets = "ground-truth" if agent == META_AGENT else "self-supervised"
         raise FileNotFoundError(
-            f"{agent} needs {checkpoint}: run python scripts/meta_train_env.py --env {env_id} "
+            f"{agent} needs {checkpoint}: run python scripts/meta_train_env.py --env {env_id} --targets {targets} "
             f"--run-root {meta_dir}, or pass --meta-dir"
         )
+    if agent == PRETRAINED_AGENT:
+        return dict(memory="ebmm-recurrent", memory_checkpoint=str(checkpoint))
     return dict(memory="ebmm", memory_checkpoint=str(checkpoint), freeze_memory=True)
 
 
@@ -194,8 +211,10 @@ def reference_returns(env_id: str, episodes: int, seed: int = 10_000) -> tuple[f
 
     Deterministic for its arguments, so it is cached: the table and the plot share one oracle run per env.
     """
-    env = gym.make(env_id)
+    env = gym.make(train_env_id(env_id))
     base = env.unwrapped
+    if not hasattr(base, "get_state"):  # not a memory probe: no exact chance, no oracle
+        return math.nan, math.nan, math.nan
     env.action_space.seed(seed)
     total = 0.0
     obs, _ = env.reset(seed=seed)
@@ -254,7 +273,8 @@ def format_table(
             mean, ci, n = stats[agent]
             value = f"{mean:.3f} ± {ci:.3f}"
             cells.append((f"**{value}**" if agent == best else value) + ("" if n == num_seeds else f" (n={n})"))
-        lines.append(f"| {env_id.removeprefix('ebmm/')} | " + " | ".join(cells) + f" | {chance:.3f} | {oracle:.3f} |")
+        refs = " | ".join("n/a" if math.isnan(v) else f"{v:.3f}" for v in (chance, oracle))
+        lines.append(f"| {env_id.removeprefix('ebmm/')} | " + " | ".join(cells) + f" | {refs} |")
     return "\n".join(lines)
 
 
@@ -284,8 +304,8 @@ def parse_table(text: str) -> tuple[list[str], Stats, dict[str, tuple[float, flo
     references: dict[str, tuple[float, float]] = {}
     for row in rows[2:]:
         cells = [c.strip().replace("**", "") for c in row.strip("|").split("|")]
-        env_id = f"ebmm/{cells[0]}"
-        references[env_id] = (float(cells[-2]), float(cells[-1]))
+        env_id = cells[0] if cells[0].startswith("MiniGrid-") or "/" in cells[0] else f"ebmm/{cells[0]}"
+        references[env_id] = tuple(math.nan if c == "n/a" else float(c) for c in cells[-2:])  # type: ignore[assignment]
         table[env_id] = {}
         for agent, cell in zip(agents, cells[1:-2], strict=True):
             if cell in ("–", "-", ""):
@@ -321,15 +341,18 @@ def plot_returns(
     fig, axes = plt.subplots(1, len(env_ids), figsize=(1.2 + 2.3 * len(env_ids), 4.4), squeeze=False)
     for ax, env_id in zip(axes[0], env_ids, strict=True):
         chance, oracle = references[env_id]
-        low, high = min(chance, oracle), max(chance, oracle)
+        known = [v for v in (chance, oracle) if not math.isnan(v)]
+        low, high = (min(known), max(known)) if known else (math.inf, -math.inf)
         for i, agent in enumerate(agents):
             if agent not in table[env_id]:
                 continue
             mean, ci, _ = table[env_id][agent]
             ax.errorbar(i, mean, yerr=ci, fmt="o", markersize=6, capsize=4, color=colours[i % len(colours)])
             low, high = min(low, mean - ci), max(high, mean + ci)
-        ax.axhline(chance, color="black", linestyle="--", linewidth=1.0)
-        ax.axhline(oracle, color="tab:green", linestyle=":", linewidth=1.5)
+        if not math.isnan(chance):
+            ax.axhline(chance, color="black", linestyle="--", linewidth=1.0)
+        if not math.isnan(oracle):
+            ax.axhline(oracle, color="tab:green", linestyle=":", linewidth=1.5)
         margin = 0.08 * (high - low or 1.0)
         ax.set_ylim(low - margin, high + margin)
         ax.set_xlim(-0.6, len(agents) - 0.4)
@@ -385,7 +408,19 @@ def main(args: Args) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     overrides = {
         k: v
-        for k in ("learning_rate", "gamma", "n_epochs", "net_arch", "batch_size", "n_envs", "vec_env")
+        for k in (
+            "learning_rate",
+            "gamma",
+            "n_epochs",
+            "net_arch",
+            "batch_size",
+            "n_envs",
+            "vec_env",
+            "n_steps",
+            "protocol",
+            "max_patterns",
+            "include_action_reward",
+        )
         if (v := getattr(args, k)) is not None
     }
     jobs = [(e, a, s) for s in args.seeds for e in args.envs for a in args.agents]  # seed by seed: early full rows

@@ -334,3 +334,25 @@ def test_self_supervised_meta_training_lowers_its_loss_on_a_foreign_env():
         loss.backward()
         optimizer.step()
     assert held_loss() < 0.7 * before
+
+
+def test_memory_callback_logs_the_memory_tags(tmp_path):
+    from stable_baselines3.common.logger import configure
+
+    from ebmm_rl.rl.callbacks import MemoryLoggerCallback
+
+    model = PPO(EBMMPolicy, EpisodeMemoryWrapper(SpaceEnv(SPACES["box"]), max_patterns=4), **TINY)
+    model.set_logger(configure(str(tmp_path), ["csv"]))
+    model.learn(32, callback=MemoryLoggerCallback())
+    header = (tmp_path / "progress.csv").read_text().splitlines()[0].split(",")
+    for tag in ("memory/energy_query", "memory/energy_retrieved", "memory/read_step_k0", "memory/write_lr_t0",
+                "memory/alpha", "memory/cache_hit_rate"):  # fmt: skip
+        assert tag in header, tag
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "progress.csv").open()))
+    first = {k: float(v) for k, v in rows[0].items() if k.startswith("memory/") and v}
+    assert first["memory/cache_hit_rate"] >= 0 and first["memory/alpha"] > 0
+    assert first["memory/energy_query"] != first["memory/energy_retrieved"]  # reading moved the pattern
+    with pytest.raises(ValueError, match="needs a policy with an EBMMExtractor"):
+        PPO("MlpPolicy", SpaceEnv(SPACES["box"]), **TINY).learn(16, callback=MemoryLoggerCallback())

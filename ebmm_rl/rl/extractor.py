@@ -309,6 +309,8 @@ class EBMMExtractor(HistoryFeaturesExtractor):
         """Patterns written by gradient-free calls (the cached path), since construction."""
         self.last_aux_loss: float | None = None
         """The auxiliary reconstruction loss of the last update batch (``aux_coef > 0``)."""
+        self.last_read: dict[str, float] = {}
+        """Statistics of the last batch of reads (``MemoryLoggerCallback``)."""
         self._build_head(observation_space, net_arch)
         self._cache.clear()
 
@@ -434,15 +436,25 @@ class EBMMExtractor(HistoryFeaturesExtractor):
         """
         result = self.memory.read(query.unsqueeze(1), state, create_graph=self.needs_graph())
         retrieved = result.retrieved[:, 0]  # [B, P]
+        energies: list[Tensor] = []
+
+        def energy_part() -> Tensor:
+            energies.append(self.memory.energies(result.iterates[[0, -1]], state)[:, :, 0].T)  # [B, 2]
+            return energies[0]
+
         parts = {
             "retrieved": lambda: retrieved,
-            # [B, 2]: E(query), E(retrieved)
-            "energies": lambda: self.memory.energies(result.iterates[[0, -1]], state)[:, :, 0].T,
+            "energies": energy_part,  # [B, 2]: E(query), E(retrieved)
             "query": lambda: query,
             "phase": lambda: phase,
             "similarities": lambda: similarity_features(retrieved, patterns, lengths),
         }
-        return torch.cat([parts[name]() for name in self.features], dim=1)
+        features = torch.cat([parts[name]() for name in self.features], dim=1)
+        with torch.no_grad():  # what MemoryLoggerCallback reports
+            self.last_read = {"read_change": float((retrieved - query).pow(2).sum(dim=1).mean())}
+            if energies:
+                self.last_read["energy_query"], self.last_read["energy_retrieved"] = energies[0].mean(0).tolist()
+        return features
 
     def aux_loss(self, patterns: Tensor, valid: Tensor, state: MemoryState) -> Tensor | None:
         """The auxiliary reconstruction loss: read one stored pattern per episode back from a distorted copy.
