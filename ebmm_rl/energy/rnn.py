@@ -8,7 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ebmm_rl.layers import EnergyNet, FastWeights, MemoryLinear, he_init_
+from ebmm_rl.layers import (
+    EnergyGrads,
+    EnergyNet,
+    FastWeights,
+    MemoryLinear,
+    he_init_,
+    memory_linear_apply,
+    memory_linear_grads,
+)
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,13 @@ class GatedRNNEnergy(EnergyNet):
     ``static`` and ``gate`` are single ``Linear(input + hidden, ·)`` layers as in the paper; the forward splits
     their weight matrices into the ``x`` and ``state`` columns so that the ``x`` half (the same at every hop)
     is computed once instead of at every hop. The result is identical to applying them to ``concat(x, state)``.
+
+    :meth:`closed_form_grads` gives ``∇ₓE``, ``∇_θE`` and ``∇_θ‖∇ₓE‖²`` by hand-written backward and
+    forward-over-backward passes through the hops, which :class:`~ebmm_rl.memory.EBMMemory` uses instead of
+    nested autograd.
     """
+
+    closed_form = True
 
     def __init__(self, config: GatedRNNConfig = GatedRNNConfig()) -> None:
         super().__init__()
@@ -79,3 +93,113 @@ class GatedRNNEnergy(EnergyNet):
             u = torch.sigmoid(u_logit)
             state = u * c if state is None else u * c + (1 - u) * state
         return self.energy(state).reshape(B, M)
+
+    def closed_form_grads(
+        self,
+        x: Tensor,
+        fast: FastWeights,
+        energy_weights: Tensor | None = None,
+        grad_norm_weights: Tensor | None = None,
+    ) -> EnergyGrads:
+        """Energies and gradients in closed form (see :meth:`EnergyNet.closed_form_grads`).
+
+        Forward (``sₖ`` the state before hop ``k``, ``s₀ = 0``): ``a = W x + b`` (the memory layer),
+        ``zₖ = [a, S_x x + b_S + S_h sₖ]``, ``cₖ = tanh zₖ``, ``uₖ = σ(G_x x + b_G + G_h sₖ)``,
+        ``sₖ₊₁ = sₖ + uₖ(cₖ − sₖ)``, ``E = wᵀs_K``. Backpropagation through the hops gives ``g_a = Σₖ ∂E/∂a`` (the
+        ``a`` half of every ``∂E/∂zₖ``) and ``∇ₓE = Wᵀg_a + S_xᵀ Σₖ ∂E/∂z_{k,static} + G_xᵀ Σₖ ∂E/∂(gate logit)ₖ``,
+        so ``∇_W E = g_a xᵀ`` and ``∇_b E = g_a``.
+
+        For ``G = Σₘ cₘ‖∇ₓE‖²``, ``r = 2c∇ₓE`` and ``∇_W G = g_a rᵀ + s xᵀ``, ``∇_b G = s``, where ``s`` is the
+        tangent of ``g_a`` when the forward and backward passes are differentiated in the direction ``δx = r``
+        (as in :meth:`ebmm_rl.energy.MLPEnergy.closed_form_grads`): a tangent forward pass through the hops
+        (``δa = W r``, ``δzₖ``, ``δuₖ``, ``δsₖ``) and a tangent backward pass (``δ(∂E/∂sₖ)`` ...).
+        """
+        B, M, D = x.shape
+        dyn, hops = self.config.dynamic_size, self.config.hops
+        a, W = memory_linear_apply(self.memory, x, fast)  # [B, M, dynamic], [B, dynamic, D]
+        w_static_x, w_static_h = self.static.weight[:, :D], self.static.weight[:, D:]
+        w_gate_x, w_gate_h = self.gate.weight[:, :D], self.gate.weight[:, D:]
+        static_x = F.linear(x, w_static_x, self.static.bias)  # [B, M, hidden - dynamic]
+        gate_x = F.linear(x, w_gate_x, self.gate.bias)  # [B, M, hidden]
+        states, cs, us = [None], [], []  # states[k]: the state before hop k (None = 0)
+        state = None
+        for _ in range(hops):
+            if state is None:
+                static_part, u_logit = static_x, gate_x
+            else:
+                static_part = static_x + state @ w_static_h.T
+                u_logit = gate_x + state @ w_gate_h.T
+            c = torch.tanh(torch.cat([a, static_part], dim=-1))
+            u = torch.sigmoid(u_logit)
+            state = u * c if state is None else state + u * (c - state)
+            cs.append(c)
+            us.append(u)
+            states.append(state)
+        w_e = self.energy.weight[0]  # [hidden]
+        energy = state @ w_e  # [B, M]
+
+        # backward through the hops; gs[k] = ∂E/∂states[k + 1], gz[k] = ∂E/∂z_k, gp[k] = ∂E/∂(gate logit)_k
+        gs, gcs, gus, gzs, gps = [None] * hops, [None] * hops, [None] * hops, [None] * hops, [None] * hops
+        g = w_e.expand_as(state)
+        for k in reversed(range(hops)):
+            c, u, s_in = cs[k], us[k], states[k]
+            gs[k] = g
+            gc = g * u
+            gu = g * c if s_in is None else g * (c - s_in)
+            gz = gc * (1 - c * c)
+            gp = gu * u * (1 - u)
+            gcs[k], gus[k], gzs[k], gps[k] = gc, gu, gz, gp
+            if k > 0:
+                g = g * (1 - u) + gz[..., dyn:] @ w_static_h + gp @ w_gate_h
+        gz_sum = torch.stack(gzs).sum(dim=0)  # [B, M, hidden]
+        gp_sum = torch.stack(gps).sum(dim=0)  # [B, M, hidden]
+        g_a = gz_sum[..., :dyn]  # [B, M, dynamic]
+        grad_x = torch.bmm(g_a, W) + gz_sum[..., dyn:] @ w_static_x + gp_sum @ w_gate_x  # [B, M, D]
+
+        grad_theta = None
+        if energy_weights is not None:
+            grad_theta = memory_linear_grads(self.memory, x, g_a * energy_weights.unsqueeze(-1))
+        grad_theta_grad_norm = None
+        if grad_norm_weights is not None:
+            r = 2 * grad_norm_weights.unsqueeze(-1) * grad_x  # [B, M, D] cotangent of ∇ₓE
+            # tangent forward pass in the direction δx = r
+            da = torch.bmm(r, W.transpose(1, 2))
+            dstatic_x = r @ w_static_x.T
+            dgate_x = r @ w_gate_x.T
+            dstates, dcs, dus = [None], [], []
+            ds = None
+            for k in range(hops):
+                c, u, s_in = cs[k], us[k], states[k]
+                if ds is None:
+                    dstatic, dlogit = dstatic_x, dgate_x
+                else:
+                    dstatic = dstatic_x + ds @ w_static_h.T
+                    dlogit = dgate_x + ds @ w_gate_h.T
+                dc = (1 - c * c) * torch.cat([da, dstatic], dim=-1)
+                du = u * (1 - u) * dlogit
+                if ds is None:
+                    ds = du * c + u * dc
+                else:
+                    ds = ds + du * (c - s_in) + u * (dc - ds)
+                dcs.append(dc)
+                dus.append(du)
+                dstates.append(ds)
+            # tangent backward pass (∂E/∂s_K = w_e is constant, so its tangent is 0)
+            dg = None
+            da_sum = 0
+            for k in reversed(range(hops)):
+                c, u, s_in, dc, du, ds_in = cs[k], us[k], states[k], dcs[k], dus[k], dstates[k]
+                g, gc, gu = gs[k], gcs[k], gus[k]
+                dgc = g * du if dg is None else dg * u + g * du
+                dgu = g * dc if ds_in is None else g * (dc - ds_in)
+                if dg is not None:
+                    dgu = dgu + (dg * c if s_in is None else dg * (c - s_in))
+                dgz = dgc * (1 - c * c) - 2 * gc * c * dc
+                dgp = dgu * u * (1 - u) + gu * du * (1 - 2 * u)
+                da_sum = da_sum + dgz[..., :dyn]
+                if k > 0:
+                    dg_next = -g * du + dgz[..., dyn:] @ w_static_h + dgp @ w_gate_h
+                    dg = dg_next if dg is None else dg_next + dg * (1 - u)
+            s = da_sum  # [B, M, dynamic] ∂(rᵀ∇ₓE)/∂a
+            grad_theta_grad_norm = memory_linear_grads(self.memory, x, s, tangent_x=r, tangent_grad_out=g_a)
+        return EnergyGrads(energy.reshape(B, M), grad_x, grad_theta, grad_theta_grad_norm)
