@@ -22,6 +22,11 @@ from torch import Tensor, nn
 FastWeights = Mapping[str, Tensor]
 """Fast weights by qualified name (``"memory.weight"``), each ``[B, *parameter_shape]``."""
 
+tanh_backward = torch.ops.aten.tanh_backward
+"""``tanh_backward(g, y) = g·(1 − y²)`` for ``y = tanh(·)``: one fused, differentiable kernel (closed forms)."""
+sigmoid_backward = torch.ops.aten.sigmoid_backward
+"""``sigmoid_backward(g, y) = g·y·(1 − y)`` for ``y = σ(·)``: one fused, differentiable kernel (closed forms)."""
+
 
 def he_init_(module: nn.Module) -> None:
     """He (Kaiming-normal) initialisation of every linear and conv weight; biases to zero (paper App. A)."""

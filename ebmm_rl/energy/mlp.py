@@ -15,6 +15,8 @@ from ebmm_rl.layers import (
     he_init_,
     memory_linear_apply,
     memory_linear_grads,
+    sigmoid_backward,
+    tanh_backward,
 )
 
 
@@ -98,40 +100,47 @@ class MLPEnergy(EnergyNet):
         forward pass (``δh``, ``δu``, ``δc``, ``δt``) and one tangent backward pass, using ``tanh' = 1 − tanh²``,
         ``(1 − tanh²)' = −2 tanh·tanh'``, ``σ' = σ(1 − σ)``, ``σ'' = σ'(1 − 2σ)``.
         """
-        dyn = self.config.dynamic_size
+        B, M, D = x.shape
+        dyn, hidden, hops = self.config.dynamic_size, self.config.hidden_size, self.config.hops
         a, W = memory_linear_apply(self.memory, x, fast)  # [B, M, dynamic], [B, dynamic, D]
-        z = a if self.static is None else torch.cat([a, self.static(x)], dim=-1)
-        h0 = torch.tanh(z)  # [B, M, hidden]
-        hs, us, cs = [h0], [], []  # hop inputs, gates, candidates
+        a = a.reshape(B * M, dyn)
+        x2 = x.reshape(B * M, D)
+        z = a if self.static is None else torch.cat([a, self.static(x2)], dim=-1)  # [R, hidden], R = B·M rows
+        h0 = torch.tanh(z)
+        # gate and candidate from one matmul: rows [:hidden] of w_uc are the gate's, rows [hidden:] the candidate's
+        w_uc = torch.cat([self.gate.weight, self.hidden.weight])  # [2·hidden, hidden]
+        b_uc = torch.cat([self.gate.bias, self.hidden.bias])
+        hs, us, cs, c_minus_h = [h0], [], [], []  # per hop: input, gate, candidate, c − h
         h = h0
-        for _ in range(self.config.hops):
-            u = torch.sigmoid(self.gate(h))
-            c = torch.tanh(self.hidden(h))
-            h = h + u * (c - h)
+        for _ in range(hops):
+            pre = torch.addmm(b_uc, h, w_uc.T)  # [R, 2·hidden]
+            u, c = torch.sigmoid(pre[:, :hidden]), torch.tanh(pre[:, hidden:])
+            cmh = c - h
+            h = torch.addcmul(h, u, cmh)  # h + u(c − h)
             us.append(u)
             cs.append(c)
+            c_minus_h.append(cmh)
             hs.append(h)
-        t = torch.tanh(self.head(h))  # [B, M, hidden]
+        t = torch.tanh(self.head(h))  # [R, hidden]
         w_e = self.energy.weight[0]  # [hidden]
-        energy = t @ w_e  # [B, M]
+        energy = (t @ w_e).reshape(B, M)
 
-        # backward: gradients of E at every hop's output (gh_out[i] is ∂E/∂hs[i + 1])
-        gt_pre = w_e * (1 - t * t)  # ∂E/∂(W_o h + b_o)
-        gh = gt_pre @ self.head.weight  # [B, M, hidden]
-        gh_out, gcs, gus = [None] * self.config.hops, [None] * self.config.hops, [None] * self.config.hops
-        for i in reversed(range(self.config.hops)):
-            u, c, h_in = us[i], cs[i], hs[i]
+        # backward: gh_out[i] = ∂E/∂hs[i + 1]; gcs/gus the gradients at the candidate and gate of hop i
+        gh = tanh_backward(w_e.expand_as(t), t) @ self.head.weight  # [R, hidden]
+        gh_out, gcs, gus = [None] * hops, [None] * hops, [None] * hops
+        for i in reversed(range(hops)):
+            u, c = us[i], cs[i]
             gh_out[i] = gh
-            gc = gh * u
-            gu = gh * (c - h_in)
+            gc, gu = gh * u, gh * c_minus_h[i]
             gcs[i], gus[i] = gc, gu
-            gh = gh * (1 - u) + (gc * (1 - c * c)) @ self.hidden.weight + (gu * u * (1 - u)) @ self.gate.weight
+            g_pre = torch.cat([sigmoid_backward(gu, u), tanh_backward(gc, c)], dim=-1)  # [R, 2·hidden]
+            gh = torch.addmm(gh - gc, g_pre, w_uc)  # ∂h'/∂h = 1 − u directly, plus through u and c
         gh0 = gh  # ∂E/∂h₀
-        gz = gh0 * (1 - h0 * h0)  # ∂E/∂z
-        g_a = gz[..., :dyn]  # [B, M, dynamic]
+        gz = tanh_backward(gh0, h0)  # ∂E/∂z
+        g_a = gz[:, :dyn].reshape(B, M, dyn)
         grad_x = torch.bmm(g_a, W)  # [B, M, D]
         if self.static is not None:
-            grad_x = grad_x + gz[..., dyn:] @ self.static.weight
+            grad_x = grad_x + (gz[:, dyn:] @ self.static.weight).reshape(B, M, D)
 
         grad_theta = None
         if energy_weights is not None:
@@ -140,31 +149,31 @@ class MLPEnergy(EnergyNet):
         if grad_norm_weights is not None:
             r = 2 * grad_norm_weights.unsqueeze(-1) * grad_x  # [B, M, D] cotangent of ∇ₓE
             # tangent forward pass in the direction δx = r
-            dz = torch.bmm(r, W.transpose(1, 2))
+            dz = torch.bmm(r, W.transpose(1, 2)).reshape(B * M, dyn)
             if self.static is not None:
-                dz = torch.cat([dz, r @ self.static.weight.T], dim=-1)
-            dh = (1 - h0 * h0) * dz
+                dz = torch.cat([dz, r.reshape(B * M, D) @ self.static.weight.T], dim=-1)
+            dh = tanh_backward(dz, h0)
             dhs, dus, dcs = [dh], [], []
-            for i in range(self.config.hops):
-                u, c, h_in = us[i], cs[i], hs[i]
-                du = u * (1 - u) * (dh @ self.gate.weight.T)
-                dc = (1 - c * c) * (dh @ self.hidden.weight.T)
-                dh = dh + du * (c - h_in) + u * (dc - dh)
+            for i in range(hops):
+                u, c = us[i], cs[i]
+                d_pre = dh @ w_uc.T
+                du, dc = sigmoid_backward(d_pre[:, :hidden], u), tanh_backward(d_pre[:, hidden:], c)
+                dh = torch.addcmul(torch.addcmul(dh, du, c_minus_h[i]), u, dc - dh)
                 dus.append(du)
                 dcs.append(dc)
                 dhs.append(dh)
-            dt = (1 - t * t) * (dh @ self.head.weight.T)
+            dt = tanh_backward(dh @ self.head.weight.T, t)
             # tangent backward pass
             dgh = (-2 * w_e * t * dt) @ self.head.weight
-            for i in reversed(range(self.config.hops)):
-                u, c, h_in, du, dc, dh_in = us[i], cs[i], hs[i], dus[i], dcs[i], dhs[i]
+            for i in reversed(range(hops)):
+                u, c, du, dc = us[i], cs[i], dus[i], dcs[i]
                 g_out, gc, gu = gh_out[i], gcs[i], gus[i]
-                dgc = dgh * u + g_out * du
-                dgu = dgh * (c - h_in) + g_out * (dc - dh_in)
-                dgq = dgc * (1 - c * c) - 2 * gc * c * dc
-                dgp = dgu * u * (1 - u) + gu * du * (1 - 2 * u)
-                dgh = dgh * (1 - u) - g_out * du + dgq @ self.hidden.weight + dgp @ self.gate.weight
-            dgz = dgh * (1 - h0 * h0) - 2 * gh0 * h0 * dhs[0]
-            s = dgz[..., :dyn]  # [B, M, dynamic] ∂(rᵀ∇ₓE)/∂a
+                dgc = torch.addcmul(dgh * u, g_out, du)
+                dgu = torch.addcmul(dgh * c_minus_h[i], g_out, dc - dhs[i])
+                dgq = tanh_backward(dgc, c) - 2 * c * gc * dc
+                dgp = sigmoid_backward(dgu, u) + gu * du * (1 - 2 * u)
+                dgh = torch.addmm(dgh - dgc, torch.cat([dgp, dgq], dim=-1), w_uc)
+            dgz = tanh_backward(dgh, h0) - 2 * h0 * gh0 * dhs[0]
+            s = dgz[:, :dyn].reshape(B, M, dyn)  # ∂(rᵀ∇ₓE)/∂a
             grad_theta_grad_norm = memory_linear_grads(self.memory, x, s, tangent_x=r, tangent_grad_out=g_a)
         return EnergyGrads(energy, grad_x, grad_theta, grad_theta_grad_norm)

@@ -16,6 +16,8 @@ from ebmm_rl.layers import (
     he_init_,
     memory_linear_apply,
     memory_linear_grads,
+    sigmoid_backward,
+    tanh_backward,
 )
 
 
@@ -116,45 +118,45 @@ class GatedRNNEnergy(EnergyNet):
         """
         B, M, D = x.shape
         dyn, hops = self.config.dynamic_size, self.config.hops
+        n_static = self.config.hidden_size - dyn
         a, W = memory_linear_apply(self.memory, x, fast)  # [B, M, dynamic], [B, dynamic, D]
-        w_static_x, w_static_h = self.static.weight[:, :D], self.static.weight[:, D:]
-        w_gate_x, w_gate_h = self.gate.weight[:, :D], self.gate.weight[:, D:]
-        static_x = F.linear(x, w_static_x, self.static.bias)  # [B, M, hidden - dynamic]
-        gate_x = F.linear(x, w_gate_x, self.gate.bias)  # [B, M, hidden]
-        states, cs, us = [None], [], []  # states[k]: the state before hop k (None = 0)
+        a = a.reshape(B * M, dyn)
+        # static and gate layers as one: columns [:n_static] of a pre-activation are static, the rest the gate
+        w_all = torch.cat([self.static.weight, self.gate.weight])  # [n_static + hidden, D + hidden]
+        w_x, w_h = w_all[:, :D], w_all[:, D:]
+        x_pre = F.linear(x.reshape(B * M, D), w_x, torch.cat([self.static.bias, self.gate.bias]))  # [R, ·]
+        states, cs, us, c_minus_s = [None], [], [], []  # states[k]: the state before hop k (None = 0)
         state = None
         for _ in range(hops):
-            if state is None:
-                static_part, u_logit = static_x, gate_x
-            else:
-                static_part = static_x + state @ w_static_h.T
-                u_logit = gate_x + state @ w_gate_h.T
-            c = torch.tanh(torch.cat([a, static_part], dim=-1))
-            u = torch.sigmoid(u_logit)
-            state = u * c if state is None else state + u * (c - state)
+            pre = x_pre if state is None else torch.addmm(x_pre, state, w_h.T)
+            c = torch.tanh(torch.cat([a, pre[:, :n_static]], dim=-1))  # [R, hidden]
+            u = torch.sigmoid(pre[:, n_static:])
+            cms = c if state is None else c - state
+            state = u * c if state is None else torch.addcmul(state, u, cms)  # s + u(c − s)
             cs.append(c)
             us.append(u)
+            c_minus_s.append(cms)
             states.append(state)
         w_e = self.energy.weight[0]  # [hidden]
-        energy = state @ w_e  # [B, M]
+        energy = (state @ w_e).reshape(B, M)
 
-        # backward through the hops; gs[k] = ∂E/∂states[k + 1], gz[k] = ∂E/∂z_k, gp[k] = ∂E/∂(gate logit)_k
-        gs, gcs, gus, gzs, gps = [None] * hops, [None] * hops, [None] * hops, [None] * hops, [None] * hops
+        # backward through the hops; gs[k] = ∂E/∂states[k + 1]
+        gs, gcs, gus = [None] * hops, [None] * hops, [None] * hops
         g = w_e.expand_as(state)
+        g_a = g_pre_sum = None
         for k in reversed(range(hops)):
-            c, u, s_in = cs[k], us[k], states[k]
+            c, u = cs[k], us[k]
             gs[k] = g
-            gc = g * u
-            gu = g * c if s_in is None else g * (c - s_in)
-            gz = gc * (1 - c * c)
-            gp = gu * u * (1 - u)
-            gcs[k], gus[k], gzs[k], gps[k] = gc, gu, gz, gp
+            gc, gu = g * u, g * c_minus_s[k]
+            gcs[k], gus[k] = gc, gu
+            gz = tanh_backward(gc, c)  # ∂E/∂z_k
+            g_pre = torch.cat([gz[:, dyn:], sigmoid_backward(gu, u)], dim=-1)  # ∂E/∂pre_k
+            g_a = gz[:, :dyn] if g_a is None else g_a + gz[:, :dyn]
+            g_pre_sum = g_pre if g_pre_sum is None else g_pre_sum + g_pre
             if k > 0:
-                g = g * (1 - u) + gz[..., dyn:] @ w_static_h + gp @ w_gate_h
-        gz_sum = torch.stack(gzs).sum(dim=0)  # [B, M, hidden]
-        gp_sum = torch.stack(gps).sum(dim=0)  # [B, M, hidden]
-        g_a = gz_sum[..., :dyn]  # [B, M, dynamic]
-        grad_x = torch.bmm(g_a, W) + gz_sum[..., dyn:] @ w_static_x + gp_sum @ w_gate_x  # [B, M, D]
+                g = torch.addmm(g - gc, g_pre, w_h)  # ∂s'/∂s = 1 − u directly, plus through pre
+        g_a = g_a.reshape(B, M, dyn)
+        grad_x = torch.bmm(g_a, W) + (g_pre_sum @ w_x).reshape(B, M, D)
 
         grad_theta = None
         if energy_weights is not None:
@@ -163,43 +165,37 @@ class GatedRNNEnergy(EnergyNet):
         if grad_norm_weights is not None:
             r = 2 * grad_norm_weights.unsqueeze(-1) * grad_x  # [B, M, D] cotangent of ∇ₓE
             # tangent forward pass in the direction δx = r
-            da = torch.bmm(r, W.transpose(1, 2))
-            dstatic_x = r @ w_static_x.T
-            dgate_x = r @ w_gate_x.T
+            da = torch.bmm(r, W.transpose(1, 2)).reshape(B * M, dyn)
+            dx_pre = r.reshape(B * M, D) @ w_x.T
             dstates, dcs, dus = [None], [], []
             ds = None
             for k in range(hops):
-                c, u, s_in = cs[k], us[k], states[k]
+                c, u = cs[k], us[k]
+                d_pre = dx_pre if ds is None else torch.addmm(dx_pre, ds, w_h.T)
+                dc = tanh_backward(torch.cat([da, d_pre[:, :n_static]], dim=-1), c)
+                du = sigmoid_backward(d_pre[:, n_static:], u)
                 if ds is None:
-                    dstatic, dlogit = dstatic_x, dgate_x
+                    ds = torch.addcmul(du * c, u, dc)
                 else:
-                    dstatic = dstatic_x + ds @ w_static_h.T
-                    dlogit = dgate_x + ds @ w_gate_h.T
-                dc = (1 - c * c) * torch.cat([da, dstatic], dim=-1)
-                du = u * (1 - u) * dlogit
-                if ds is None:
-                    ds = du * c + u * dc
-                else:
-                    ds = ds + du * (c - s_in) + u * (dc - ds)
+                    ds = torch.addcmul(torch.addcmul(ds, du, c_minus_s[k]), u, dc - ds)
                 dcs.append(dc)
                 dus.append(du)
                 dstates.append(ds)
-            # tangent backward pass (∂E/∂s_K = w_e is constant, so its tangent is 0)
-            dg = None
-            da_sum = 0
+            # tangent backward pass (∂E/∂s_K = w_e is constant, so its tangent starts at 0)
+            dg = s = None
             for k in reversed(range(hops)):
-                c, u, s_in, dc, du, ds_in = cs[k], us[k], states[k], dcs[k], dus[k], dstates[k]
+                c, u, dc, du, ds_in = cs[k], us[k], dcs[k], dus[k], dstates[k]
                 g, gc, gu = gs[k], gcs[k], gus[k]
-                dgc = g * du if dg is None else dg * u + g * du
-                dgu = g * dc if ds_in is None else g * (dc - ds_in)
+                dgc = g * du if dg is None else torch.addcmul(dg * u, g, du)
+                dgu = g * (dc if ds_in is None else dc - ds_in)
                 if dg is not None:
-                    dgu = dgu + (dg * c if s_in is None else dg * (c - s_in))
-                dgz = dgc * (1 - c * c) - 2 * gc * c * dc
-                dgp = dgu * u * (1 - u) + gu * du * (1 - 2 * u)
-                da_sum = da_sum + dgz[..., :dyn]
+                    dgu = torch.addcmul(dgu, dg, c_minus_s[k])
+                dgz = tanh_backward(dgc, c) - 2 * c * gc * dc
+                dgp = sigmoid_backward(dgu, u) + gu * du * (1 - 2 * u)
+                s = dgz[:, :dyn] if s is None else s + dgz[:, :dyn]
                 if k > 0:
-                    dg_next = -g * du + dgz[..., dyn:] @ w_static_h + dgp @ w_gate_h
-                    dg = dg_next if dg is None else dg_next + dg * (1 - u)
-            s = da_sum  # [B, M, dynamic] ∂(rᵀ∇ₓE)/∂a
+                    dg_pre = torch.cat([dgz[:, dyn:], dgp], dim=-1)
+                    dg = torch.addmm(-dgc if dg is None else dg - dgc, dg_pre, w_h)
+            s = s.reshape(B, M, dyn)  # ∂(rᵀ∇ₓE)/∂a
             grad_theta_grad_norm = memory_linear_grads(self.memory, x, s, tangent_x=r, tangent_grad_out=g_a)
-        return EnergyGrads(energy.reshape(B, M), grad_x, grad_theta, grad_theta_grad_norm)
+        return EnergyGrads(energy, grad_x, grad_theta, grad_theta_grad_norm)
