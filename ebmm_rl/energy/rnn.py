@@ -114,7 +114,11 @@ class GatedRNNEnergy(EnergyNet):
         For ``G = Σₘ cₘ‖∇ₓE‖²``, ``r = 2c∇ₓE`` and ``∇_W G = g_a rᵀ + s xᵀ``, ``∇_b G = s``, where ``s`` is the
         tangent of ``g_a`` when the forward and backward passes are differentiated in the direction ``δx = r``
         (as in :meth:`ebmm_rl.energy.MLPEnergy.closed_form_grads`): a tangent forward pass through the hops
-        (``δa = W r``, ``δzₖ``, ``δuₖ``, ``δsₖ``) and a tangent backward pass (``δ(∂E/∂sₖ)`` ...).
+        (``δa = W r``, ``δzₖ``, ``δuₖ``, ``δsₖ``), then the tangent of the backward recursion. With
+        ``gₖ = ∂E/∂sₖ₊₁``, ``g_c = gₖuₖ``, ``g_u = gₖ(cₖ − sₖ)`` the recursion is
+        ``gₖ₋₁ = gₖ − g_c + [∂E/∂z_{k,static}, σ'g_u][S_h; G_h]``, and its tangent
+        ``δgₖ₋₁ = δgₖ − δg_c + [δ(∂E/∂z_{k,static}), δ(σ'g_u)][S_h; G_h]`` with ``δ(tanh'·g_c) = tanh'·δg_c −
+        2c·g_c·δc`` and ``δ(σ'·g_u) = σ'·δg_u + g_u(1 − 2u)·δu``. ``s`` sums the ``a`` half of ``δ(∂E/∂zₖ)``.
         """
         B, M, D = x.shape
         dyn, hops = self.config.dynamic_size, self.config.hops
