@@ -12,8 +12,9 @@ each is reported by the median of its rounds: wall time and CPU time (``time.pro
 episode, the FLOPs of the step (every ``mm``/``addmm``/``bmm``/``baddbmm``/convolution of the forward and every
 backward pass, counted by a ``TorchDispatchMode``; ``torch.utils.flop_counter.FlopCounterMode`` crashes on the
 nested-grad meta-step in torch 2.13) and the achieved GFLOP per CPU-second beside the rate of a plain matmul
-measured in the same rounds (on a shared machine even CPU time slows down when the other cores are busy). The
-header prints the machine and the thread count, and the load average at start and end.
+measured in the same rounds (on a shared machine even CPU time slows down when the other cores are busy). It
+also prints the CPU time of a batched write and of a read without a graph (as in RL rollouts). The header
+prints the machine and the thread count, and the load average at start and end.
 
 Models: ``binary`` (C.1 gated RNN, hidden 256, 32 patterns of 128 bits), ``conv`` (C.3 Omniglot preset) and
 ``mlp`` (the RL default ``MLPEnergy``: hidden 64, dynamic 32, hops 2, T = K = 3, one pattern per write as in
@@ -130,6 +131,16 @@ def path_step(memory: EBMMemory, patterns, queries, known, path: str, mode: str)
     """One meta-step on ``path`` (closed/autograd) in ``mode`` (batched/loop)."""
     set_path(memory, path)
     meta_step(memory, patterns, queries, known, mode == "batched")
+
+
+def rollout_times(memory: EBMMemory, patterns, queries, known, path: str, device: torch.device) -> tuple[float, float]:
+    """CPU seconds of one batched write and one read without a graph (``torch.no_grad``, as in RL rollouts)."""
+    set_path(memory, path)
+    with torch.no_grad():
+        state = memory.write(patterns)
+        write = timed_once(lambda: memory.write(patterns), device)[1]
+        read = timed_once(lambda: memory.read(queries, state, known), device)[1]
+    return write, read
 
 
 def _sync(device: torch.device) -> None:
@@ -304,9 +315,12 @@ def main(args: Args) -> None:
         flops = {c: count_flops(steps[c]) for c in combos}  # also the warm-up
         times: dict[tuple[str, str], list[tuple[float, float]]] = {c: [] for c in combos}
         rates = []  # the matmul rate, measured in every round beside the steps
+        rollout: dict[str, list[tuple[float, float]]] = {path: [] for path in paths}  # (write, read) CPU seconds
         for _ in range(args.repeats):
             for c in combos:
                 times[c].append(timed_once(steps[c], device))
+            for path in paths:
+                rollout[path].append(rollout_times(memory, patterns, queries, known, path, device))
             rates.append(matmul_gflops(device))
         rate = statistics.median(rates)
         cpu = {c: statistics.median(t[1] for t in times[c]) for c in combos}
@@ -330,6 +344,12 @@ def main(args: Args) -> None:
         for path in paths:
             ratio = cpu[path, "loop"] / cpu[path, "batched"]
             print(f"{model:8} batched is {ratio:.2f}x faster per episode than the loop ({path} path, CPU time)")
+        for path in paths:
+            write, read = (1e3 * statistics.median(t[i] for t in rollout[path]) for i in (0, 1))
+            print(
+                f"{model:8} without graph (as in rollouts), batched: write {write:.2f} ms, read {read:.2f} ms "
+                f"({path} path, CPU time)"
+            )
         if len(paths) == 2:
             for mode in MODES:
                 ratio = cpu["autograd", mode] / cpu["closed", mode]
