@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,11 @@ from torch import Tensor, nn
 
 FastWeights = Mapping[str, Tensor]
 """Fast weights by qualified name (``"memory.weight"``), each ``[B, *parameter_shape]``."""
+
+tanh_backward = torch.ops.aten.tanh_backward
+"""``tanh_backward(g, y) = g·(1 − y²)`` for ``y = tanh(·)``: one fused, differentiable kernel (closed forms)."""
+sigmoid_backward = torch.ops.aten.sigmoid_backward
+"""``sigmoid_backward(g, y) = g·y·(1 − y)`` for ``y = σ(·)``: one fused, differentiable kernel (closed forms)."""
 
 
 def he_init_(module: nn.Module) -> None:
@@ -148,15 +154,87 @@ class MemoryConv2d(MemoryLayer):
         )
 
 
+@dataclass
+class EnergyGrads:
+    """Energies and their gradients computed in closed form (:meth:`EnergyNet.closed_form_grads`).
+
+    Attributes:
+        energy: ``[B, M]`` energies ``E(x_m)``.
+        grad_x: ``[B, M, D...]`` ``∇ₓE`` of each pattern at fixed fast weights.
+        grad_theta: fast-weight name -> ``[B, *parameter_shape]``: ``Σₘ wₘ ∇_θ E(x_m)`` per episode, or ``None``
+            if no ``energy_weights`` were given.
+        grad_theta_grad_norm: fast-weight name -> ``[B, *parameter_shape]``: ``∇_θ Σₘ cₘ ‖∇ₓE(x_m)‖²`` per
+            episode, or ``None`` if no ``grad_norm_weights`` were given.
+    """
+
+    energy: Tensor
+    grad_x: Tensor
+    grad_theta: dict[str, Tensor] | None = None
+    grad_theta_grad_norm: dict[str, Tensor] | None = None
+
+
+def memory_linear_grads(
+    layer: MemoryLinear,
+    x: Tensor,
+    grad_out: Tensor,
+    tangent_x: Tensor | None = None,
+    tangent_grad_out: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """``∇_θ`` of a :class:`MemoryLinear` layer ``a = W x + b`` from the gradient that reaches its output.
+
+    With ``grad_out = Σₘ ∂L/∂aₘ`` rows, ``∇_W L = Σₘ grad_outₘ xₘᵀ`` and ``∇_b L = Σₘ grad_outₘ``. When the
+    scalar is ``rᵀ∇ₓE`` (the grad-norm term, ``∇ₓE = Wᵀ g_a + …``), ``W`` also appears directly in ``∇ₓE``:
+    pass ``tangent_x = r`` and ``tangent_grad_out = g_a`` to add ``Σₘ g_{a,m} r_mᵀ`` to ``∇_W``.
+
+    Args:
+        layer: the writable layer (its ``fast_name`` gives the keys).
+        x: ``[B, M, in]`` the layer's inputs.
+        grad_out: ``[B, M, out]`` the gradient at its outputs (already weighted per pattern).
+        tangent_x: optional ``[B, M, in]``.
+        tangent_grad_out: optional ``[B, M, out]``, given together with ``tangent_x``.
+
+    Returns:
+        ``{"<name>.weight": [B, out, in], "<name>.bias": [B, out]}`` (no bias entry if the layer has none).
+    """
+    prefix = f"{layer.fast_name}." if layer.fast_name else ""
+    grad_w = torch.bmm(grad_out.transpose(1, 2), x)  # [B, out, in]
+    if tangent_x is not None:
+        grad_w = torch.baddbmm(grad_w, tangent_grad_out.transpose(1, 2), tangent_x)
+    grads = {prefix + "weight": grad_w}
+    if layer.bias is not None:
+        grads[prefix + "bias"] = grad_out.sum(dim=1)  # [B, out]
+    return grads
+
+
+def memory_linear_apply(layer: MemoryLinear, x: Tensor, fast: FastWeights) -> tuple[Tensor, Tensor]:
+    """``(a, W)``: the output ``a = W x + b: [B, M, out]`` of a :class:`MemoryLinear` and its fast ``W: [B, out, in]``.
+
+    Always the batched ``bmm`` path, also for ``B = 1`` (the closed-form gradients need ``W`` itself).
+    """
+    weight, bias = layer.fast_weights_of(fast)
+    if bias is None:
+        return torch.bmm(x, weight.transpose(1, 2)), weight
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2)), weight
+
+
 class EnergyNet(nn.Module):
     """Base class of energy networks ``E(x; θ)``.
 
     Subclasses set ``data_shape`` (the shape of one pattern), build their layers (writable ones as
     :class:`MemoryLayer`), and implement :meth:`forward`. ``memory_layers()`` lists the writable layers by
     name; their parameters are ``θ̄``, the initial values of the fast weights.
+
+    A subclass may also implement :meth:`closed_form_grads` (``∇ₓE``, ``∇_θE`` and ``∇_θ‖∇ₓE‖²`` as explicit
+    tensor expressions) and set ``closed_form = True``; :class:`~ebmm_rl.memory.EBMMemory` then writes and reads
+    with it instead of nested ``torch.autograd.grad`` calls, so the meta-gradient is the only autograd level.
+    Setting ``energy.closed_form = False`` on an instance forces the autograd reference path. A subclass that
+    changes :meth:`forward` of an energy with a closed form must override :meth:`closed_form_grads` too or set
+    ``closed_form = False``.
     """
 
     data_shape: tuple[int, ...]
+    closed_form: bool = False
+    """Whether :class:`~ebmm_rl.memory.EBMMemory` uses :meth:`closed_form_grads` (the fast path)."""
 
     def memory_layers(self) -> dict[str, MemoryLayer]:
         """The writable layers by qualified name (also records each layer's ``fast_name``)."""
@@ -194,6 +272,28 @@ class EnergyNet(nn.Module):
             ``[B, M]`` energies.
         """
         raise NotImplementedError
+
+    def closed_form_grads(
+        self,
+        x: Tensor,
+        fast: FastWeights,
+        energy_weights: Tensor | None = None,
+        grad_norm_weights: Tensor | None = None,
+    ) -> EnergyGrads:
+        """Energies and gradients as explicit, differentiable tensor expressions (no ``torch.autograd.grad``).
+
+        Args:
+            x: ``[B, M, *data_shape]``.
+            fast: fast weights by name, each ``[B, *parameter_shape]``.
+            energy_weights: optional ``[B, M]`` weights ``w``; returns ``Σₘ wₘ ∇_θE(x_m)`` per episode.
+            grad_norm_weights: optional ``[B, M]`` weights ``c``; returns ``∇_θ Σₘ cₘ ‖∇ₓE(x_m)‖²`` per episode.
+
+        Returns:
+            An :class:`EnergyGrads`.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no closed-form gradients; set closed_form = False to use autograd"
+        )
 
 
 def conv_out_size(size: int, kernel: int, stride: int, padding: int) -> int:

@@ -283,17 +283,16 @@ class EBMMemory(nn.Module):
         names = list(theta_bar)
         layer_of = [self.layer_names.index(n.rsplit(".", 1)[0]) for n in names]
         fast = dict(state.fast_weights)
+        closed_form = self.uses_closed_form
         with torch.enable_grad():
             for t in range(self.config.write_steps):
-                if not create_graph:
+                if closed_form:  # ordinary tensor expressions: no leaves to differentiate with respect to
+                    fast = fast if create_graph else {n: w.detach() for n, w in fast.items()}
+                elif not create_graph:
                     fast = {n: w.detach().requires_grad_(True) for n, w in fast.items()}
                 else:  # a detached starting state (e.g. stored by an RL rollout) still needs ∇_θ
                     fast = {n: w if w.requires_grad else w.detach().requires_grad_(True) for n, w in fast.items()}
-                # A fresh node per step, so that ∇ₓE below is the partial derivative at fixed θ: the fast weights
-                # themselves depend on the patterns through earlier steps, and differentiating through that history
-                # would be wrong (and cost grows with every step).
-                x = patterns.view_as(patterns) if patterns.requires_grad else patterns.detach().requires_grad_(True)
-                grads_e, grads_g = self._writing_loss_grads(x, fast, names, weights, alpha, create_graph)
+                grads_e, grads_g = self._writing_loss_grads(patterns, fast, names, weights, alpha, create_graph)
                 new_fast = {}
                 for i, n in enumerate(names):
                     lr_e, lr_g, lr_p = lrs[t, layer_of[i]]
@@ -343,9 +342,18 @@ class EBMMemory(nn.Module):
             state = self.write(chunk, state, mask, create_graph)
         return state
 
+    @property
+    def uses_closed_form(self) -> bool:
+        """Whether write and read use the energy's closed-form gradients (:meth:`EnergyNet.closed_form_grads`).
+
+        True when the energy provides them (``energy.closed_form``); set ``memory.energy.closed_form = False`` to
+        force the nested-autograd reference path. Both compute the same write and read steps.
+        """
+        return bool(getattr(self.energy, "closed_form", False))
+
     def _writing_loss_grads(
         self,
-        x: Tensor,
+        patterns: Tensor,
         fast: dict[str, Tensor],
         names: list[str],
         weights: Tensor,
@@ -355,7 +363,17 @@ class EBMMemory(nn.Module):
         """Gradients w.r.t. the fast weights of the energy term and of the ``α‖∇ₓE‖²`` term.
 
         Both are averaged over each episode's patterns. (The prior term's gradient, ``2β(θ − θ̄)``, is analytic.)
+        ``∇ₓE`` is the partial derivative at fixed θ: the fast weights themselves depend on the patterns through
+        earlier steps, and differentiating through that history would be wrong (and cost grows with every step).
         """
+        if self.uses_closed_form:  # explicit expressions; the meta-gradient is the only autograd level through them
+            with torch.set_grad_enabled(create_graph):
+                grad_norm_weights = alpha * weights if self.config.use_grad_norm_term else None
+                out = self.energy.closed_form_grads(patterns, fast, weights, grad_norm_weights)
+            grads_g = None if out.grad_theta_grad_norm is None else [out.grad_theta_grad_norm[n] for n in names]
+            return [out.grad_theta[n] for n in names], grads_g
+        # A fresh node per step, so that ∇ₓE below is the partial derivative at fixed θ.
+        x = patterns.view_as(patterns) if patterns.requires_grad else patterns.detach().requires_grad_(True)
         energies = self.energy(x, fast)  # [B, N]
         params = [fast[n] for n in names]
         if not self.config.use_grad_norm_term:
@@ -427,12 +445,17 @@ class EBMMemory(nn.Module):
         x = project(queries)
         iterates = [x]
         velocity = torch.zeros_like(x)
-        with torch.enable_grad():
+        closed_form = self.uses_closed_form
+        with torch.set_grad_enabled(create_graph or not closed_form):
             for k in range(self.config.read_steps):
                 x_hat = project(x + psis[k] * velocity)
-                if not x_hat.requires_grad:
-                    x_hat = x_hat.requires_grad_(True)
-                (grad,) = torch.autograd.grad(self.energy(x_hat, fast).sum(), x_hat, create_graph=create_graph)
+                if closed_form:
+                    grad = self.energy.closed_form_grads(x_hat, fast).grad_x
+                else:
+                    if not x_hat.requires_grad:
+                        x_hat = x_hat.requires_grad_(True)
+                    energy = self.energy(x_hat, fast).sum()
+                    (grad,) = torch.autograd.grad(energy, x_hat, create_graph=create_graph)
                 if free is not None:
                     grad = grad * free
                 velocity = psis[k] * velocity - gammas[k] * grad

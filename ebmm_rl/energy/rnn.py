@@ -8,7 +8,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ebmm_rl.layers import EnergyNet, FastWeights, MemoryLinear, he_init_
+from ebmm_rl.layers import (
+    EnergyGrads,
+    EnergyNet,
+    FastWeights,
+    MemoryLinear,
+    he_init_,
+    memory_linear_apply,
+    memory_linear_grads,
+    sigmoid_backward,
+    tanh_backward,
+)
 
 
 @dataclass(frozen=True)
@@ -42,7 +52,13 @@ class GatedRNNEnergy(EnergyNet):
     ``static`` and ``gate`` are single ``Linear(input + hidden, ·)`` layers as in the paper; the forward splits
     their weight matrices into the ``x`` and ``state`` columns so that the ``x`` half (the same at every hop)
     is computed once instead of at every hop. The result is identical to applying them to ``concat(x, state)``.
+
+    :meth:`closed_form_grads` gives ``∇ₓE``, ``∇_θE`` and ``∇_θ‖∇ₓE‖²`` by hand-written backward and
+    forward-over-backward passes through the hops, which :class:`~ebmm_rl.memory.EBMMemory` uses instead of
+    nested autograd.
     """
+
+    closed_form = True
 
     def __init__(self, config: GatedRNNConfig = GatedRNNConfig()) -> None:
         super().__init__()
@@ -79,3 +95,111 @@ class GatedRNNEnergy(EnergyNet):
             u = torch.sigmoid(u_logit)
             state = u * c if state is None else u * c + (1 - u) * state
         return self.energy(state).reshape(B, M)
+
+    def closed_form_grads(
+        self,
+        x: Tensor,
+        fast: FastWeights,
+        energy_weights: Tensor | None = None,
+        grad_norm_weights: Tensor | None = None,
+    ) -> EnergyGrads:
+        """Energies and gradients in closed form (see :meth:`EnergyNet.closed_form_grads`).
+
+        Forward (``sₖ`` the state before hop ``k``, ``s₀ = 0``): ``a = W x + b`` (the memory layer),
+        ``zₖ = [a, S_x x + b_S + S_h sₖ]``, ``cₖ = tanh zₖ``, ``uₖ = σ(G_x x + b_G + G_h sₖ)``,
+        ``sₖ₊₁ = sₖ + uₖ(cₖ − sₖ)``, ``E = wᵀs_K``. Backpropagation through the hops gives ``g_a = Σₖ ∂E/∂a`` (the
+        ``a`` half of every ``∂E/∂zₖ``) and ``∇ₓE = Wᵀg_a + S_xᵀ Σₖ ∂E/∂z_{k,static} + G_xᵀ Σₖ ∂E/∂(gate logit)ₖ``,
+        so ``∇_W E = g_a xᵀ`` and ``∇_b E = g_a``.
+
+        For ``G = Σₘ cₘ‖∇ₓE‖²``, ``r = 2c∇ₓE`` and ``∇_W G = g_a rᵀ + s xᵀ``, ``∇_b G = s``, where ``s`` is the
+        tangent of ``g_a`` when the forward and backward passes are differentiated in the direction ``δx = r``
+        (as in :meth:`ebmm_rl.energy.MLPEnergy.closed_form_grads`): a tangent forward pass through the hops
+        (``δa = W r``, ``δzₖ``, ``δuₖ``, ``δsₖ``), then the tangent of the backward recursion. With
+        ``gₖ = ∂E/∂sₖ₊₁``, ``g_c = gₖuₖ``, ``g_u = gₖ(cₖ − sₖ)`` the recursion is
+        ``gₖ₋₁ = gₖ − g_c + [∂E/∂z_{k,static}, σ'g_u][S_h; G_h]``, and its tangent
+        ``δgₖ₋₁ = δgₖ − δg_c + [δ(∂E/∂z_{k,static}), δ(σ'g_u)][S_h; G_h]`` with ``δ(tanh'·g_c) = tanh'·δg_c −
+        2c·g_c·δc`` and ``δ(σ'·g_u) = σ'·δg_u + g_u(1 − 2u)·δu``. ``s`` sums the ``a`` half of ``δ(∂E/∂zₖ)``.
+        """
+        B, M, D = x.shape
+        dyn, hops = self.config.dynamic_size, self.config.hops
+        n_static = self.config.hidden_size - dyn
+        a, W = memory_linear_apply(self.memory, x, fast)  # [B, M, dynamic], [B, dynamic, D]
+        a = a.reshape(B * M, dyn)
+        # static and gate layers as one: columns [:n_static] of a pre-activation are static, the rest the gate
+        w_all = torch.cat([self.static.weight, self.gate.weight])  # [n_static + hidden, D + hidden]
+        w_x, w_h = w_all[:, :D], w_all[:, D:]
+        x_pre = F.linear(x.reshape(B * M, D), w_x, torch.cat([self.static.bias, self.gate.bias]))  # [R, ·]
+        states, cs, us, c_minus_s = [None], [], [], []  # states[k]: the state before hop k (None = 0)
+        state = None
+        for _ in range(hops):
+            pre = x_pre if state is None else torch.addmm(x_pre, state, w_h.T)
+            c = torch.tanh(torch.cat([a, pre[:, :n_static]], dim=-1))  # [R, hidden]
+            u = torch.sigmoid(pre[:, n_static:])
+            cms = c if state is None else c - state
+            state = u * c if state is None else torch.addcmul(state, u, cms)  # s + u(c − s)
+            cs.append(c)
+            us.append(u)
+            c_minus_s.append(cms)
+            states.append(state)
+        w_e = self.energy.weight[0]  # [hidden]
+        energy = (state @ w_e).reshape(B, M)
+
+        # backward through the hops; gs[k] = ∂E/∂states[k + 1]
+        gs, gcs, gus = [None] * hops, [None] * hops, [None] * hops
+        g = w_e.expand_as(state)
+        g_a = g_pre_sum = None
+        for k in reversed(range(hops)):
+            c, u = cs[k], us[k]
+            gs[k] = g
+            gc, gu = g * u, g * c_minus_s[k]
+            gcs[k], gus[k] = gc, gu
+            gz = tanh_backward(gc, c)  # ∂E/∂z_k
+            g_pre = torch.cat([gz[:, dyn:], sigmoid_backward(gu, u)], dim=-1)  # ∂E/∂pre_k
+            g_a = gz[:, :dyn] if g_a is None else g_a + gz[:, :dyn]
+            g_pre_sum = g_pre if g_pre_sum is None else g_pre_sum + g_pre
+            if k > 0:
+                g = torch.addmm(g - gc, g_pre, w_h)  # ∂s'/∂s = 1 − u directly, plus through pre
+        g_a = g_a.reshape(B, M, dyn)
+        grad_x = torch.bmm(g_a, W) + (g_pre_sum @ w_x).reshape(B, M, D)
+
+        grad_theta = None
+        if energy_weights is not None:
+            grad_theta = memory_linear_grads(self.memory, x, g_a * energy_weights.unsqueeze(-1))
+        grad_theta_grad_norm = None
+        if grad_norm_weights is not None:
+            r = 2 * grad_norm_weights.unsqueeze(-1) * grad_x  # [B, M, D] cotangent of ∇ₓE
+            # tangent forward pass in the direction δx = r
+            da = torch.bmm(r, W.transpose(1, 2)).reshape(B * M, dyn)
+            dx_pre = r.reshape(B * M, D) @ w_x.T
+            dstates, dcs, dus = [None], [], []
+            ds = None
+            for k in range(hops):
+                c, u = cs[k], us[k]
+                d_pre = dx_pre if ds is None else torch.addmm(dx_pre, ds, w_h.T)
+                dc = tanh_backward(torch.cat([da, d_pre[:, :n_static]], dim=-1), c)
+                du = sigmoid_backward(d_pre[:, n_static:], u)
+                if ds is None:
+                    ds = torch.addcmul(du * c, u, dc)
+                else:
+                    ds = torch.addcmul(torch.addcmul(ds, du, c_minus_s[k]), u, dc - ds)
+                dcs.append(dc)
+                dus.append(du)
+                dstates.append(ds)
+            # tangent backward pass (∂E/∂s_K = w_e is constant, so its tangent starts at 0)
+            dg = s = None
+            for k in reversed(range(hops)):
+                c, u, dc, du, ds_in = cs[k], us[k], dcs[k], dus[k], dstates[k]
+                g, gc, gu = gs[k], gcs[k], gus[k]
+                dgc = g * du if dg is None else torch.addcmul(dg * u, g, du)
+                dgu = g * (dc if ds_in is None else dc - ds_in)
+                if dg is not None:
+                    dgu = torch.addcmul(dgu, dg, c_minus_s[k])
+                dgz = tanh_backward(dgc, c) - 2 * c * gc * dc
+                dgp = sigmoid_backward(dgu, u) + gu * du * (1 - 2 * u)
+                s = dgz[:, :dyn] if s is None else s + dgz[:, :dyn]
+                if k > 0:
+                    dg_pre = torch.cat([dgz[:, dyn:], dgp], dim=-1)
+                    dg = torch.addmm(-dgc if dg is None else dg - dgc, dg_pre, w_h)
+            s = s.reshape(B, M, dyn)  # ∂(rᵀ∇ₓE)/∂a
+            grad_theta_grad_norm = memory_linear_grads(self.memory, x, s, tangent_x=r, tangent_grad_out=g_a)
+        return EnergyGrads(energy, grad_x, grad_theta, grad_theta_grad_norm)
