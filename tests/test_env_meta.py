@@ -104,7 +104,20 @@ def test_meta_training_on_the_env_improves_recall():
 def test_script_checkpoint_loads_into_the_agents_extractor(tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "scripts" / "meta_train_env.py"), "--env", "ebmm/KeyValueRecall-Easy-v0"]
-    cmd += ["--steps", "4", "--batch-size", "4", "--eval-rows", "8", "--eval-every", "2", "--hidden-size", "16"]
+    cmd += [
+        "--targets",
+        "ground-truth",
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--eval-rows",
+        "8",
+        "--eval-every",
+        "2",
+        "--hidden-size",
+        "16",
+    ]
     cmd += ["--dynamic-size", "4", "--run-dir", str(run), "--no-progress"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout
     assert "before meta-training: mse" in out and "after 4 meta-steps" in out

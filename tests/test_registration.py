@@ -29,7 +29,7 @@ def test_import_ebmm_rl_registers_every_id():
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.split()
-    assert lines[:-1] == list(envs.ENV_IDS)
+    assert lines[:-1] == [*envs.ENV_IDS, *envs.POMDP_IDS]
     assert lines[-1] == "KeyValueRecallEnv"
 
 

@@ -356,3 +356,40 @@ def test_memory_callback_logs_the_memory_tags(tmp_path):
     assert first["memory/energy_query"] != first["memory/energy_retrieved"]  # reading moved the pattern
     with pytest.raises(ValueError, match="needs a policy with an EBMMExtractor"):
         PPO("MlpPolicy", SpaceEnv(SPACES["box"]), **TINY).learn(16, callback=MemoryLoggerCallback())
+
+
+def test_pretrained_memory_travels_inside_model_zip(tmp_path):
+    """meta_train_env.py (self-supervised, with a learned encoder) -> agents.train -> delete the checkpoint -> load."""
+    root = Path(__file__).resolve().parents[1]
+    meta = tmp_path / "meta"
+    cmd = [sys.executable, str(root / "scripts" / "meta_train_env.py"), "--env", "ebmm/CartPole-NoVel-v1"]
+    cmd += ["--steps", "3", "--episodes", "3", "--batch-size", "4", "--eval-rows", "4", "--eval-every", "3"]
+    cmd += ["--window", "4", "--encoder", "linear", "--pattern-size", "6", "--hidden-size", "16", "--dynamic-size", "4"]
+    cmd += ["--run-dir", str(meta), "--no-progress"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "before meta-training: sq_error" in out.stdout and (meta / "encoder.pt").exists()
+    train = [sys.executable, "-m", "agents.train", "--env", "ebmm/CartPole-NoVel-v1", "--memory", "ebmm-recurrent"]
+    train += ["--memory-checkpoint", str(meta / "best.pt"), "--total-timesteps", "32", "--n-steps", "16"]
+    train += ["--batch-size", "16", "--eval-freq", "0", "--run-root", str(tmp_path / "runs"), "--no-progress-bar"]
+    out = subprocess.run(train, capture_output=True, text=True, timeout=300, cwd=root)
+    assert out.returncode == 0, out.stderr[-2000:]
+    model_zip = next((tmp_path / "runs").glob("*/model.zip"))
+    import shutil
+
+    shutil.rmtree(meta)  # the checkpoint and the encoder file are gone
+    check = f"""
+import sys, torch
+sys.path.insert(0, {str(root)!r})
+from sb3_contrib import RecurrentPPO
+from ebmm_rl.checkpoint import load_checkpoint
+model = RecurrentPPO.load({str(model_zip)!r})
+ext = model.policy.features_extractor
+assert ext.encoder.kind == "linear" and ext.pattern_size == 6, (ext.encoder.kind, ext.pattern_size)
+import gymnasium as gym, ebmm_rl
+obs, _ = gym.make("ebmm/CartPole-NoVel-v1").reset(seed=0)
+print("action", model.predict(obs, deterministic=True)[0])
+"""
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "action" in out.stdout
