@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ebmm_rl.layers import EnergyNet
+from ebmm_rl.validation import check_finite, check_int_fields
 
 WRITE_TERMS = ("energy", "grad_norm", "prior")
 """The three terms of the writing loss, each with its own learned learning rate per layer and step."""
@@ -76,7 +77,13 @@ class EBMMConfig:
     chunk_size: int = 0
 
     def __post_init__(self) -> None:
-        lo, hi = self.data_range
+        check_int_fields(self, {"chunk_size": 0})
+        if not isinstance(self.data_range, (tuple, list)) or len(self.data_range) != 2:
+            raise ValueError(f"EBMMConfig: data_range must be a pair (low, high), got {self.data_range!r}")
+        for name in ("write_lr_init", "alpha_init", "beta_init", "max_prior_step", "read_step_init", "read_step_max",
+                     "read_decay_init", "momentum_init", "momentum_decay_init"):  # fmt: skip
+            check_finite("EBMMConfig", name, getattr(self, name))
+        lo, hi = (check_finite("EBMMConfig", "data_range", v) for v in self.data_range)
         checks = [
             (self.write_steps >= 1, f"write_steps must be >= 1, got {self.write_steps}"),
             (self.read_steps >= 1, f"read_steps must be >= 1, got {self.read_steps}"),
@@ -270,6 +277,8 @@ class EBMMemory(nn.Module):
         """
         self._check_patterns(patterns, "patterns")
         B, N = patterns.shape[:2]
+        if state is not None:
+            self._check_state(state)
         if state is not None and state.batch_size != B:
             raise ValueError(f"state holds {state.batch_size} episodes but patterns have B={B}; they must match")
         weights = _pattern_weights(pattern_mask, B, N, patterns.device, patterns.dtype)  # [B, N], rows sum to 1
@@ -399,6 +408,7 @@ class EBMMemory(nn.Module):
             A :class:`ReadResult` with all ``K + 1`` iterates.
         """
         self._check_patterns(queries, "queries")
+        self._check_state(state)
         if state.batch_size != queries.shape[0]:
             raise ValueError(
                 f"state holds {state.batch_size} episodes but queries have B={queries.shape[0]}; they must match"
@@ -487,6 +497,20 @@ class EBMMemory(nn.Module):
         return MetaOutput(loss, errors, result, state)
 
     # ------------------------------------------------------------------------------------------------- checks
+    def _check_state(self, state: MemoryState) -> None:
+        if not isinstance(state, MemoryState):
+            raise TypeError(
+                f"state must be the MemoryState returned by write() (or initial_state(B)), got {type(state).__name__}"
+            )
+        for n, p in self.energy.memory_parameters().items():
+            w = state.fast_weights.get(n)
+            if w is None or tuple(w.shape[1:]) != tuple(p.shape) or w.shape[0] != state.batch_size:
+                got, expected = None if w is None else tuple(w.shape), ", ".join(map(str, p.shape))
+                raise ValueError(
+                    f"state does not belong to this memory: fast weight {n!r} should be [B, {expected}], got {got}; "
+                    f"write it with this memory (same energy network and dynamic_size)"
+                )
+
     def _check_patterns(self, x: Tensor, name: str) -> None:
         expected = f"[B, N, {', '.join(map(str, self.data_shape))}]"
         if not isinstance(x, Tensor):
@@ -495,6 +519,12 @@ class EBMMemory(nn.Module):
             raise ValueError(f"{name} must be a floating-point tensor (e.g. x.float()), got dtype {x.dtype}")
         if x.dim() != 2 + len(self.data_shape) or tuple(x.shape[2:]) != self.data_shape:
             raise ValueError(f"{name} must have shape {expected} (episodes, patterns, pattern), got {tuple(x.shape)}")
+        dtype = next(iter(self.energy.memory_parameters().values())).dtype
+        if x.dtype != dtype:
+            raise TypeError(
+                f"{name} have dtype {x.dtype} but the memory's weights are {dtype}: cast the data ({name}.to({dtype})) "
+                f"or the memory (memory.to({x.dtype}))"
+            )
         if x.shape[0] == 0 or x.shape[1] == 0:
             raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): need at least one episode and one pattern")
         if not torch.isfinite(x).all():

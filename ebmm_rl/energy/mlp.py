@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ebmm_rl.layers import EnergyNet, FastWeights, MemoryLinear, he_init_
+from ebmm_rl.validation import check_int_fields
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,9 @@ class MLPConfig:
     hidden_size: int = 128
     dynamic_size: int = 32
     hops: int = 2
+
+    def __post_init__(self) -> None:
+        check_int_fields(self, {"hops": 0})
 
 
 class MLPEnergy(EnergyNet):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ebmm_rl.layers import EnergyNet, FastWeights, MemoryLinear, he_init_
+from ebmm_rl.validation import check_int_fields
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ class GatedRNNConfig:
     hidden_size: int = 1024
     dynamic_size: int = 64
     hops: int = 5
+
+    def __post_init__(self) -> None:
+        check_int_fields(self)
 
 
 class GatedRNNEnergy(EnergyNet):
