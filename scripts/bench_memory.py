@@ -22,6 +22,7 @@ import torch
 import tyro
 from torch.utils.flop_counter import FlopCounterMode
 
+from ebmm_rl.cli import check_device
 from ebmm_rl.energy import GatedRNNConfig, GatedRNNEnergy, ResNetConvConfig, ResNetConvEnergy
 from ebmm_rl.memory import EBMMConfig, EBMMemory
 
@@ -140,6 +141,7 @@ def _on_device(built, device):
 
 def main(args: Args) -> None:
     """Measure and print the table."""
+    check_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

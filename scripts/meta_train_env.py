@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import tyro
 
+from ebmm_rl.cli import check_device
 from ebmm_rl.energy.mlp import MLPConfig, MLPEnergy
 from ebmm_rl.memory import EBMMemory
 from ebmm_rl.rl.env_meta import EnvRecallSampler, recall_forward, recall_metrics
@@ -103,6 +104,7 @@ def build_memory(args: Args, sampler: EnvRecallSampler) -> EBMMemory:
 
 def main(args: Args) -> dict[str, float]:
     """Meta-train, checkpoint, and print recall on held-out episodes before and after."""
+    check_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -184,6 +184,8 @@ class EBMMExtractor(HistoryFeaturesExtractor):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1 (1 = one pattern per env step), got {chunk_size}")
         self.chunk_size = int(chunk_size)
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
+            raise ValueError(f"cache_size must be an integer >= 0 (0 disables the cache), got {cache_size!r}")
         self.cache_size = int(cache_size)
 
         self.memory = self._build_memory(memory, energy, ebmm, self.data_range)
