@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +60,10 @@ class EBMMConfig:
         momentum_decay_init: initial factor between consecutive momenta (``ψ`` is parametrised like ``γ``).
         chunk_size: patterns per chunk when :meth:`EBMMemory.forward` writes (chunked online writing, so that
             meta-training uses the schedule the memory will be deployed with); 0 writes the batch at once.
+        prior_anchor: where the prior term ``β‖θ − θ̃‖²`` pulls when writing continues from a state:
+            ``"initial"`` (the paper's ``θ̃ = θ̄``, the meta-learned initial weights) or ``"previous"`` (``θ̃`` =
+            the state the write starts from, i.e. the memory before the chunk, so that a new chunk is pulled
+            toward what the earlier chunks wrote instead of toward ``θ̄``). The two agree for a write from ``θ̄``.
     """
 
     write_steps: int = 5
@@ -75,6 +80,7 @@ class EBMMConfig:
     momentum_init: float = 0.5
     momentum_decay_init: float = 0.9
     chunk_size: int = 0
+    prior_anchor: Literal["initial", "previous"] = "initial"
 
     def __post_init__(self) -> None:
         check_int_fields(self, {"chunk_size": 0})
@@ -96,6 +102,10 @@ class EBMMConfig:
             (0 < self.momentum_init < 1, "momentum_init must lie in (0, 1)"),
             (0 < self.momentum_decay_init < 1, "momentum_decay_init must lie in (0, 1)"),
             (self.chunk_size >= 0, f"chunk_size must be >= 0 (0: write all at once), got {self.chunk_size}"),
+            (
+                self.prior_anchor in ("initial", "previous"),
+                f"prior_anchor must be 'initial' or 'previous', got {self.prior_anchor!r}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -290,6 +300,9 @@ class EBMMemory(nn.Module):
             theta_bar = self.energy.memory_parameters()
             lrs, alpha, beta = self.write_lrs, self.alpha, self.beta
         names = list(theta_bar)
+        anchor = theta_bar if self.config.prior_anchor == "initial" else dict(state.fast_weights)  # θ̃ of the prior
+        if not create_graph:
+            anchor = {n: w.detach() for n, w in anchor.items()}
         layer_of = [self.layer_names.index(n.rsplit(".", 1)[0]) for n in names]
         fast = dict(state.fast_weights)
         with torch.enable_grad():
@@ -307,7 +320,7 @@ class EBMMemory(nn.Module):
                 for i, n in enumerate(names):
                     lr_e, lr_g, lr_p = lrs[t, layer_of[i]]
                     shrink = self.config.max_prior_step * torch.tanh(2 * lr_p * beta / self.config.max_prior_step)
-                    update = lr_e * grads_e[i] + shrink * (fast[n] - theta_bar[n])
+                    update = lr_e * grads_e[i] + shrink * (fast[n] - anchor[n])
                     if grads_g is not None:
                         update = update + lr_g * grads_g[i]
                     new_fast[n] = fast[n] - update

@@ -105,6 +105,7 @@ API_CASES = [
     ("write_steps=0", lambda: EBMMConfig(write_steps=0), ValueError, "write_steps"),
     ("read_steps=2.5", lambda: EBMMConfig(read_steps=2.5), ValueError, "read_steps"),
     ("chunk_size=-1", lambda: EBMMConfig(chunk_size=-1), ValueError, "chunk_size"),
+    ("prior_anchor='last'", lambda: EBMMConfig(prior_anchor="last"), ValueError, "prior_anchor"),
     ("data_range=(0, inf)", lambda: EBMMConfig(data_range=(0.0, INF)), ValueError, "data_range"),
     ("data_range=(1, 0)", lambda: EBMMConfig(data_range=(1.0, 0.0)), ValueError, "data_range"),
     ("data_range=(0,)", lambda: EBMMConfig(data_range=(0.0,)), ValueError, "data_range"),

@@ -87,7 +87,8 @@ def reference_write(
     """Eq. 4 for each episode: ``θ ← θ − η_E ∇E − η_g α∇‖∇ₓE‖² − c·tanh(2η_β β / c)(θ − θ̄)`` for ``t = 1..T``.
 
     ``∇`` of the energy terms is averaged over the episode's ``N`` patterns; the prior pulls toward ``θ̄`` (the
-    meta-learned initial weights), also when writing continues from ``start``.
+    meta-learned initial weights), also when writing continues from ``start``, unless
+    ``prior_anchor="previous"``: then toward ``start`` (the memory before this write).
     """
     cfg = memory.config
     theta_bar = {n: p.detach() for n, p in memory.energy.memory_parameters().items()}
@@ -97,6 +98,7 @@ def reference_write(
     out = {n: [] for n in theta_bar}
     for b in range(B):
         theta = {n: (w if start is None else start[n][b]).detach().clone() for n, w in theta_bar.items()}
+        anchor = dict(theta) if cfg.prior_anchor == "previous" else theta_bar
         for t in range(cfg.write_steps):
             grad_e = {n: torch.zeros_like(w) for n, w in theta.items()}
             grad_g = {n: torch.zeros_like(w) for n, w in theta.items()}
@@ -115,7 +117,7 @@ def reference_write(
                 layer = memory.layer_names.index(n.rsplit(".", 1)[0])
                 lr_e, lr_g, lr_p = (softplus(memory.write_lr_raw[t, layer, j].item()) for j in range(3))
                 shrink = cap * math.tanh(2 * lr_p * beta / cap)
-                step = lr_e * grad_e[n] + shrink * (w - theta_bar[n])
+                step = lr_e * grad_e[n] + shrink * (w - anchor[n])
                 if cfg.use_grad_norm_term:
                     step = step + lr_g * alpha * grad_g[n]
                 new[n] = w - step
@@ -257,6 +259,23 @@ def test_write_chunked_continues_chunk_by_chunk_like_the_reference():
         expected = reference_write(memory, patterns[:, s : s + 2], expected)
     assert_fast_close(state.fast_weights, expected)
     assert state.num_written.tolist() == [5, 5]
+
+
+@pytest.mark.parametrize("anchor", ["initial", "previous"])
+def test_prior_anchor_of_chunked_writing(anchor):
+    """``prior_anchor="previous"`` pulls each chunk toward the memory before it; from ``θ̄`` both anchors agree."""
+    memory = make_memory(prior_anchor=anchor)
+    start = perturbed_state(memory, 2, scale=0.3, seed=4)
+    patterns = uniform(2, 3, 4, seed=5)
+    with torch.no_grad():
+        continued = memory.write(patterns, start)
+        fresh = memory.write(patterns)
+    assert_fast_close(continued.fast_weights, reference_write(memory, patterns, start.fast_weights))
+    assert_fast_close(fresh.fast_weights, reference_write(make_memory(prior_anchor="initial"), patterns))
+    with torch.no_grad():
+        chunked = memory.write_chunked(patterns, chunk_size=2)
+    expected = reference_write(memory, patterns[:, 2:], reference_write(memory, patterns[:, :2]))
+    assert_fast_close(chunked.fast_weights, expected)
 
 
 # ------------------------------------------------------------------------------------------------- read rule
