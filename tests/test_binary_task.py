@@ -168,4 +168,13 @@ def test_eval_binary_script_smoke(tmp_path):
     for row in ("| Hebb |", "| Storkey |", "| pseudo-inverse |", "| EBMM RNN (trained at N=?", "| EBMM RNN (paper) |"):
         assert row in out
     assert "paper 0.4" in out
-    assert "wall time" in out
+
+    def means(label: str) -> list[float]:  # the mean of each N cell of the row whose model starts with label
+        row = next(ln for ln in out.splitlines() if ln.startswith(f"| {label}"))
+        return [float(cell.split()[0]) for cell in row.strip(" |").split(" | ")[1:]]
+
+    hebb, pinv, untrained = means("Hebb"), means("pseudo-inverse"), means("EBMM RNN (trained at")
+    # Hebb's error grows with the load (paper 0.4 -> 5.0); the pseudo-inverse rule stores 16 and 32 patterns exactly
+    assert hebb[0] < 1.5 < 2.5 < hebb[1] < 7.5 and pinv == [0.0, 0.0]
+    assert len(untrained) == 2 and all(0.0 <= e <= 64.0 for e in untrained)  # only corrupted bits can be wrong
+    assert float(out.split("wall time: ")[1].split()[0]) > 0

@@ -93,3 +93,9 @@ def test_script_runs_on_a_tiny_budget():
     assert result.returncode == 0, result.stdout + result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert len(rows) == 4  # 2 trained models x 2 write chunk sizes
+
+
+@pytest.mark.parametrize("anchor", ["initial", "previous"])
+def test_prior_anchor_reaches_the_memory(anchor):
+    memory = eval_chunked.build_memory(eval_chunked.Args(**{**vars(TINY), "prior_anchor": anchor}), chunk_size=2)
+    assert memory.config.prior_anchor == anchor and memory.config.chunk_size == 2
