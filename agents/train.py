@@ -57,7 +57,6 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 import envs  # noqa: F401  (registers the ids in this process)
 from ebmm_rl.checkpoint import load_checkpoint, load_memory
 from ebmm_rl.protocol import MEMORIES as MEMORY_REGISTRY
-from ebmm_rl.rl.callbacks import MemoryLoggerCallback
 from ebmm_rl.rl import (
     EBMMExtractor,
     EBMMPolicy,
@@ -66,6 +65,7 @@ from ebmm_rl.rl import (
     MultiBinaryToMultiDiscrete,
     RowObservation,
 )
+from ebmm_rl.rl.callbacks import MemoryLoggerCallback
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,15 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ebmm_rl.binary import DEFAULT_DIM, DEFAULT_NUM_CORRUPTED, corrupt, evaluate, sample_patterns, summarize
+from ebmm_rl.binary import (
+    DEFAULT_DIM,
+    DEFAULT_NUM_CORRUPTED,
+    corrupt,
+    error_bits,
+    evaluate,
+    sample_patterns,
+    summarize,
+)
 
 
 def _as_tuple(num_patterns: int | Sequence[int]) -> tuple[int, ...]:
@@ -91,3 +99,15 @@ def binary_evaluator(
         return results
 
     return run
+
+
+def binary_read_metrics(batch: tuple[Tensor, ...], out) -> dict[str, list[float]]:
+    """``{"error_bits": [K]}``: mean error bits of each read iterate of a meta-training batch.
+
+    A :data:`~ebmm_rl.training.ReadMetrics` for :class:`~ebmm_rl.training.MetaTrainer` on ±1 patterns: an
+    iterate's bits are its signs (:func:`ebmm_rl.binary.error_bits`), counted over all ``D`` bits against the
+    written patterns ``batch[0]``.
+    """
+    patterns = batch[0]  # [B, N, D]
+    iterates = out.read.iterates[1:].detach()  # [K, B, N, D]
+    return {"error_bits": [float(error_bits(x, patterns).mean()) for x in iterates]}

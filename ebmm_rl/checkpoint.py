@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -76,12 +77,43 @@ def save_atomic(obj: dict[str, Any], path: str | os.PathLike) -> None:
         raise
 
 
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the ``.<name>.<random>.tmp`` files that :func:`save_atomic` leaves when killed mid-write."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.glob(".*.pt.*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def non_finite_tensors(state: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors in ``state`` (a ``state_dict``) that hold NaN or inf."""
+    return [
+        name
+        for name, value in state.items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_atomic` (``weights_only=True``: data only, no code)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; pass the checkpoint.pt file of a training run")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes): its write was cut off; use an earlier checkpoint")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (EOFError, RuntimeError, pickle.UnpicklingError, ValueError) as error:
+        raise ValueError(
+            f"checkpoint {path} cannot be read ({type(error).__name__}: {error}); it is truncated, corrupt or not "
+            f"a file written by ebmm_rl"
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"checkpoint {path} holds a {type(ckpt).__name__}, not the dictionary ebmm_rl writes")
+    return ckpt
 
 
 def memory_spec(memory: nn.Module) -> dict[str, Any]:
@@ -106,8 +138,32 @@ def _fields(values: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
-def build_memory(spec: dict[str, Any]) -> nn.Module:
-    """Rebuild an (untrained) memory from :func:`memory_spec`'s output."""
+MAX_PARAMETERS = 2**31
+"""Default bound on the parameter count of a memory rebuilt from a spec (8 GiB of float32)."""
+
+
+def build_memory(spec: dict[str, Any], max_parameters: int = MAX_PARAMETERS) -> nn.Module:
+    """Rebuild an (untrained) memory from :func:`memory_spec`'s output.
+
+    The architecture is first built on the ``meta`` device (no memory allocated) and refused if it has more
+    than ``max_parameters`` values, so that a corrupt or hostile spec cannot ask for an arbitrary allocation.
+    """
+    if not isinstance(spec, dict):
+        raise ValueError(f"a memory spec must be a dict (memory_spec's output), got {type(spec).__name__}")
+    with torch.device("meta"):
+        try:
+            numel = sum(p.numel() for p in _build(spec).parameters())
+        except TypeError as error:  # unknown or missing config fields
+            raise ValueError(f"memory spec does not match its config class: {error}") from None
+    if numel > max_parameters:
+        raise ValueError(
+            f"memory spec asks for {numel} parameters, more than the bound of {max_parameters}; the spec is corrupt "
+            f"or does not belong to these weights"
+        )
+    return _build(spec)
+
+
+def _build(spec: dict[str, Any]) -> nn.Module:
     if "model" in spec:
         try:
             model_class, config_class = MODELS[spec["model"]]
@@ -128,11 +184,15 @@ def load_memory(path: str | os.PathLike, map_location: str | torch.device = "cpu
     ckpt = load_checkpoint(path, map_location)
     if "memory_spec" not in ckpt or "model" not in ckpt:
         raise ValueError(f"{path} is not an EBMM checkpoint (it lacks 'memory_spec' and 'model')")
-    memory = build_memory(ckpt["memory_spec"])
+    stored = sum(v.numel() for v in ckpt["model"].values() if isinstance(v, torch.Tensor))
+    memory = build_memory(ckpt["memory_spec"], max_parameters=stored)  # every parameter must come from the file
     memory.load_state_dict(ckpt["model"])
     return memory.to(map_location)
 
 
 def save_memory(memory: nn.Module, path: str | os.PathLike) -> None:
     """Save a memory's architecture and meta-parameters (atomically) for :func:`load_memory`."""
+    bad = non_finite_tensors(memory.state_dict())
+    if bad:
+        raise ValueError(f"not saving {path}: weights {', '.join(bad[:3])} hold NaN or inf")
     save_atomic({"memory_spec": memory_spec(memory), "model": memory.state_dict()}, path)

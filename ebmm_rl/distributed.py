@@ -43,7 +43,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ebmm_rl.checkpoint import save_atomic
+from ebmm_rl.checkpoint import non_finite_tensors, save_atomic
 from ebmm_rl.memory import EBMMemory
 from ebmm_rl.training import BEST_NAME, MetaTrainer, Sampler, StepStats, TrainConfig
 
@@ -247,6 +247,9 @@ class DistributedMetaTrainer(MetaTrainer):
         Returns:
             The path on rank 0, ``None`` on the other ranks.
         """
+        bad = non_finite_tensors(self.memory.state_dict())  # the same weights on every rank: all raise or none
+        if bad:
+            raise ValueError(f"not writing a checkpoint: weights {', '.join(bad[:3])} hold NaN or inf")
         state = self.state_dict()  # collective: every rank takes part
         if not self.context.is_main:
             return None

@@ -16,12 +16,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ebmm_rl.layers import EnergyNet
+from ebmm_rl.validation import check_finite, check_int_fields
 
 WRITE_TERMS = ("energy", "grad_norm", "prior")
 """The three terms of the writing loss, each with its own learned learning rate per layer and step."""
@@ -58,6 +60,10 @@ class EBMMConfig:
         momentum_decay_init: initial factor between consecutive momenta (``ψ`` is parametrised like ``γ``).
         chunk_size: patterns per chunk when :meth:`EBMMemory.forward` writes (chunked online writing, so that
             meta-training uses the schedule the memory will be deployed with); 0 writes the batch at once.
+        prior_anchor: where the prior term ``β‖θ − θ̃‖²`` pulls when writing continues from a state:
+            ``"initial"`` (the paper's ``θ̃ = θ̄``, the meta-learned initial weights) or ``"previous"`` (``θ̃`` =
+            the state the write starts from, i.e. the memory before the chunk, so that a new chunk is pulled
+            toward what the earlier chunks wrote instead of toward ``θ̄``). The two agree for a write from ``θ̄``.
     """
 
     write_steps: int = 5
@@ -74,9 +80,16 @@ class EBMMConfig:
     momentum_init: float = 0.5
     momentum_decay_init: float = 0.9
     chunk_size: int = 0
+    prior_anchor: Literal["initial", "previous"] = "initial"
 
     def __post_init__(self) -> None:
-        lo, hi = self.data_range
+        check_int_fields(self, {"chunk_size": 0})
+        if not isinstance(self.data_range, (tuple, list)) or len(self.data_range) != 2:
+            raise ValueError(f"EBMMConfig: data_range must be a pair (low, high), got {self.data_range!r}")
+        for name in ("write_lr_init", "alpha_init", "beta_init", "max_prior_step", "read_step_init", "read_step_max",
+                     "read_decay_init", "momentum_init", "momentum_decay_init"):  # fmt: skip
+            check_finite("EBMMConfig", name, getattr(self, name))
+        lo, hi = (check_finite("EBMMConfig", "data_range", v) for v in self.data_range)
         checks = [
             (self.write_steps >= 1, f"write_steps must be >= 1, got {self.write_steps}"),
             (self.read_steps >= 1, f"read_steps must be >= 1, got {self.read_steps}"),
@@ -89,6 +102,10 @@ class EBMMConfig:
             (0 < self.momentum_init < 1, "momentum_init must lie in (0, 1)"),
             (0 < self.momentum_decay_init < 1, "momentum_decay_init must lie in (0, 1)"),
             (self.chunk_size >= 0, f"chunk_size must be >= 0 (0: write all at once), got {self.chunk_size}"),
+            (
+                self.prior_anchor in ("initial", "previous"),
+                f"prior_anchor must be 'initial' or 'previous', got {self.prior_anchor!r}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -270,6 +287,8 @@ class EBMMemory(nn.Module):
         """
         self._check_patterns(patterns, "patterns")
         B, N = patterns.shape[:2]
+        if state is not None:
+            self._check_state(state)
         if state is not None and state.batch_size != B:
             raise ValueError(f"state holds {state.batch_size} episodes but patterns have B={B}; they must match")
         weights = _pattern_weights(pattern_mask, B, N, patterns.device, patterns.dtype)  # [B, N], rows sum to 1
@@ -281,6 +300,9 @@ class EBMMemory(nn.Module):
             theta_bar = self.energy.memory_parameters()
             lrs, alpha, beta = self.write_lrs, self.alpha, self.beta
         names = list(theta_bar)
+        anchor = theta_bar if self.config.prior_anchor == "initial" else dict(state.fast_weights)  # θ̃ of the prior
+        if not create_graph:
+            anchor = {n: w.detach() for n, w in anchor.items()}
         layer_of = [self.layer_names.index(n.rsplit(".", 1)[0]) for n in names]
         fast = dict(state.fast_weights)
         closed_form = self.uses_closed_form
@@ -297,7 +319,7 @@ class EBMMemory(nn.Module):
                 for i, n in enumerate(names):
                     lr_e, lr_g, lr_p = lrs[t, layer_of[i]]
                     shrink = self.config.max_prior_step * torch.tanh(2 * lr_p * beta / self.config.max_prior_step)
-                    update = lr_e * grads_e[i] + shrink * (fast[n] - theta_bar[n])
+                    update = lr_e * grads_e[i] + shrink * (fast[n] - anchor[n])
                     if grads_g is not None:
                         update = update + lr_g * grads_g[i]
                     new_fast[n] = fast[n] - update
@@ -417,6 +439,7 @@ class EBMMemory(nn.Module):
             A :class:`ReadResult` with all ``K + 1`` iterates.
         """
         self._check_patterns(queries, "queries")
+        self._check_state(state)
         if state.batch_size != queries.shape[0]:
             raise ValueError(
                 f"state holds {state.batch_size} episodes but queries have B={queries.shape[0]}; they must match"
@@ -510,6 +533,20 @@ class EBMMemory(nn.Module):
         return MetaOutput(loss, errors, result, state)
 
     # ------------------------------------------------------------------------------------------------- checks
+    def _check_state(self, state: MemoryState) -> None:
+        if not isinstance(state, MemoryState):
+            raise TypeError(
+                f"state must be the MemoryState returned by write() (or initial_state(B)), got {type(state).__name__}"
+            )
+        for n, p in self.energy.memory_parameters().items():
+            w = state.fast_weights.get(n)
+            if w is None or tuple(w.shape[1:]) != tuple(p.shape) or w.shape[0] != state.batch_size:
+                got, expected = None if w is None else tuple(w.shape), ", ".join(map(str, p.shape))
+                raise ValueError(
+                    f"state does not belong to this memory: fast weight {n!r} should be [B, {expected}], got {got}; "
+                    f"write it with this memory (same energy network and dynamic_size)"
+                )
+
     def _check_patterns(self, x: Tensor, name: str) -> None:
         expected = f"[B, N, {', '.join(map(str, self.data_shape))}]"
         if not isinstance(x, Tensor):
@@ -518,6 +555,12 @@ class EBMMemory(nn.Module):
             raise ValueError(f"{name} must be a floating-point tensor (e.g. x.float()), got dtype {x.dtype}")
         if x.dim() != 2 + len(self.data_shape) or tuple(x.shape[2:]) != self.data_shape:
             raise ValueError(f"{name} must have shape {expected} (episodes, patterns, pattern), got {tuple(x.shape)}")
+        dtype = next(iter(self.energy.memory_parameters().values())).dtype
+        if x.dtype != dtype:
+            raise TypeError(
+                f"{name} have dtype {x.dtype} but the memory's weights are {dtype}: cast the data ({name}.to({dtype})) "
+                f"or the memory (memory.to({x.dtype}))"
+            )
         if x.shape[0] == 0 or x.shape[1] == 0:
             raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): need at least one episode and one pattern")
         if not torch.isfinite(x).all():

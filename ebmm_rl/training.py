@@ -11,8 +11,11 @@ it, and takes an AdamW step on the step-wise reconstruction loss.
 
 Divergence guards (DESIGN.md: the binary model diverged without them): a step whose loss or gradient norm is
 non-finite, or whose gradient norm exceeds ``skip_grad_norm``, is skipped and counted (TensorBoard
-``meta/skipped_steps``); after ``max_consecutive_skips`` skips in a row training stops with
-:class:`TrainingDiverged`. The write and read step sizes are bounded inside :class:`EBMMemory`.
+``meta/skipped_steps``); after ``max_consecutive_skips`` skips in a row (rollbacks in between do not reset the
+count), or when a rollback would exceed ``max_rollbacks``, training stops with :class:`TrainingDiverged`. The
+write and read step sizes are bounded inside :class:`EBMMemory`. No checkpoint is written from non-finite
+weights or while steps are being skipped (the final one included), and temporary files that a killed write left
+behind in the run folder are removed when training starts.
 
 Skipping alone does not rescue a run whose weights have reached a region where every batch explodes (seen on
 the binary model at N = 64 around step 2000: gradient norms jumped from about 1e2 to 1e11-1e15 and stayed
@@ -45,7 +48,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ebmm_rl.checkpoint import load_checkpoint, memory_spec, save_atomic
+from ebmm_rl.checkpoint import load_checkpoint, memory_spec, non_finite_tensors, remove_stale_temp_files, save_atomic
 from ebmm_rl.memory import WRITE_TERMS, EBMMemory
 
 Batch = tuple[Tensor, Tensor, "Tensor | None"]
@@ -53,6 +56,9 @@ Batch = tuple[Tensor, Tensor, "Tensor | None"]
 any tuple of tensors whose first entry has the episodes along dimension 0."""
 Sampler = Callable[[torch.Generator], Batch]
 """Draws one meta-training batch using only the given generator (on the trainer's device)."""
+ReadMetrics = Callable[[tuple[Tensor, ...], Any], dict[str, list[float]]]
+"""``read_metrics(batch, out) -> {name: [K] values}``: task-specific figures of each read iterate (e.g. error
+bits), logged as ``read/{name}_k{k}`` and shown (last iterate) in the progress bar."""
 
 CHECKPOINT_NAME = "checkpoint.pt"
 BEST_NAME = "best.pt"
@@ -83,6 +89,7 @@ class TrainConfig:
         rollback_after: after this many skipped steps in a row, restore the last healthy snapshot (taken every
             ``checkpoint_every`` steps) and scale the learning rates by ``rollback_lr_factor``; 0 disables it.
         rollback_lr_factor: learning-rate multiplier applied at each rollback.
+        max_rollbacks: stop with :class:`TrainingDiverged` instead of rolling back more than this many times.
         time_limit_s: stop after this many seconds of this process's CPU time in :meth:`MetaTrainer.train`
             (one core's time when torch uses one thread), then checkpoint and evaluate as at the end; 0: no
             limit. A compute budget that does not depend on how busy a shared machine is.
@@ -107,6 +114,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.05
     rollback_after: int = 0
     rollback_lr_factor: float = 0.5
+    max_rollbacks: int = 5
     time_limit_s: float = 0.0
     seed: int = 0
     device: str = "cpu"
@@ -114,6 +122,23 @@ class TrainConfig:
     status_every_s: float = 60.0
 
     def __post_init__(self) -> None:
+        for name in ("lr", "schedule_lr", "weight_decay", "grad_clip", "skip_grad_norm", "min_lr_ratio",
+                     "rollback_lr_factor", "time_limit_s"):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value)):
+                raise ValueError(f"TrainConfig.{name} must be a finite number, got {value!r}")
+        if self.schedule_lr is not None and self.schedule_lr <= 0:
+            raise ValueError(f"TrainConfig.schedule_lr must be > 0 (or None: same as lr), got {self.schedule_lr}")
+        if self.weight_decay < 0 or self.skip_grad_norm <= 0:
+            raise ValueError(
+                f"TrainConfig: need weight_decay >= 0 and skip_grad_norm > 0, got {self.weight_decay} and "
+                f"{self.skip_grad_norm}"
+            )
+        if self.max_consecutive_skips < 1 or self.max_rollbacks < 0 or self.eval_every < 0:
+            raise ValueError(
+                "TrainConfig: need max_consecutive_skips >= 1, max_rollbacks >= 0 and eval_every >= 0, got "
+                f"{self.max_consecutive_skips}, {self.max_rollbacks} and {self.eval_every}"
+            )
         if self.steps < 0 or self.lr <= 0 or self.grad_clip <= 0 or self.log_every < 1 or self.checkpoint_every < 1:
             raise ValueError(
                 "TrainConfig: need steps >= 0, lr > 0, grad_clip > 0, log_every >= 1, checkpoint_every >= 1"
@@ -143,6 +168,7 @@ class StepStats:
     grad_norm: float
     skipped: bool
     episodes: int
+    metrics: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
 
 class MetaTrainer:
@@ -160,6 +186,8 @@ class MetaTrainer:
         forward: optional ``forward(memory, batch) -> MetaOutput`` for tasks other than "write the patterns, read
             their distorted copies" (e.g. :func:`ebmm_rl.rl.env_meta.recall_forward`); default
             ``memory(*batch)``.
+        read_metrics: optional ``read_metrics(batch, out) -> {name: [K] values}`` per read iterate, computed
+            without gradients on every logged step (e.g. :func:`ebmm_rl.binary_training.binary_read_metrics`).
     """
 
     def __init__(
@@ -171,9 +199,11 @@ class MetaTrainer:
         hparams: dict[str, Any] | None = None,
         evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
         forward: Callable[[nn.Module, tuple[Tensor, ...]], Any] | None = None,
+        read_metrics: ReadMetrics | None = None,
     ) -> None:
         self.config = config
         self.forward = forward
+        self.read_metrics = read_metrics
         self.device = torch.device(config.device)
         self.memory = memory.to(self.device)
         self.sample_batch = sample_batch
@@ -195,7 +225,8 @@ class MetaTrainer:
         self.optimizer = torch.optim.AdamW(groups)
         self.step = 0
         self.skipped_total = 0
-        self.consecutive_skips = 0
+        self.consecutive_skips = 0  # since the last applied step; a rollback does not reset it
+        self._skips_since_rollback = 0
         self.best_score = math.inf
         self.rollbacks = 0
         # lr of group g at step s = scheduler.base_lrs[g] * lr_factor(s); stepped once per meta-step, skipped or not
@@ -226,12 +257,38 @@ class MetaTrainer:
         }
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
-        """Write a checkpoint atomically (default: ``run_dir/checkpoint.pt``)."""
+        """Write a checkpoint atomically (default: ``run_dir/checkpoint.pt``).
+
+        Raises:
+            ValueError: if any weight is NaN or inf (such a checkpoint would replace a good one).
+        """
         path = Path(path) if path is not None else self.checkpoint_path
         if path is None:
             raise ValueError("no checkpoint path: give run_dir to the trainer or a path here")
+        bad = non_finite_tensors(self.memory.state_dict())
+        if bad:
+            raise ValueError(
+                f"not writing {path}: {len(bad)} weight tensor(s) hold NaN or inf ({', '.join(bad[:3])}); the last "
+                f"healthy checkpoint is kept"
+            )
         save_atomic(self.state_dict(), path)
         return path
+
+    @property
+    def healthy(self) -> bool:
+        """No skipped step since the last applied one, and every weight finite: safe to checkpoint."""
+        return self.consecutive_skips == 0 and not non_finite_tensors(self.memory.state_dict())
+
+    def _save_if_healthy(self, write: Callable[[str], None]) -> bool:
+        """Write ``checkpoint.pt`` if :attr:`healthy`; otherwise say why not (via ``write``) and keep the old one."""
+        if self.healthy:
+            self.save_checkpoint()
+            return True
+        write(
+            f"step {self.step}: checkpoint not written ({self.consecutive_skips} skipped in a row, or non-finite "
+            f"weights); keeping {self.checkpoint_path if self.checkpoint_path.exists() else 'none'}"
+        )
+        return False
 
     def load_checkpoint(self, path: str | Path | None = None) -> dict[str, Any]:
         """Restore model, optimiser, step counter and batch generator from a checkpoint; returns its contents."""
@@ -269,9 +326,15 @@ class MetaTrainer:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip))
             skipped = not math.isfinite(grad_norm) or grad_norm > self.config.skip_grad_norm
+        metrics = {}
+        logged = (self.step + 1) % self.config.log_every == 0 or self.step + 1 == self.config.steps
+        if self.read_metrics is not None and logged:
+            with torch.no_grad():
+                metrics = self.read_metrics(batch, out)
         self._apply_or_skip(skipped, float(loss.detach()), grad_norm)
         episodes = batch[0].shape[0]
-        return StepStats(self.step, float(loss.detach()), out.errors.tolist(), grad_norm, skipped, episodes)
+        errors = out.errors.tolist()
+        return StepStats(self.step, float(loss.detach()), errors, grad_norm, skipped, episodes, metrics)
 
     def lr_factor(self, step: int | None = None) -> float:
         """Multiplier of the base learning rates at ``step`` (default: the current step).
@@ -302,7 +365,7 @@ class MetaTrainer:
         self.memory.load_state_dict(self._healthy["model"])
         self.optimizer.load_state_dict(self._healthy["optimizer"])
         self.rollbacks += 1  # lr_factor now scales every rate by rollback_lr_factor once more
-        self.consecutive_skips = 0
+        self._skips_since_rollback = 0  # consecutive_skips goes on counting: TrainingDiverged can still fire
         scale = self.config.rollback_lr_factor**self.rollbacks
         tqdm.write(
             f"step {self.step}: rolled back to the last healthy snapshot (rollback {self.rollbacks}); base learning "
@@ -319,23 +382,33 @@ class MetaTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped_total += 1
             self.consecutive_skips += 1
-            if (
-                self.config.rollback_after
-                and self.consecutive_skips >= self.config.rollback_after
-                and self._healthy is not None
-            ):
-                self._rollback()
-            elif self.consecutive_skips >= self.config.max_consecutive_skips:
+            self._skips_since_rollback += 1
+            advice = (
+                f"(last: loss {loss:.4g}, grad norm {grad_norm:.4g}) at step {self.step}. Lower the learning rates "
+                f"(lr, schedule_lr) or the step-size bounds (EBMMConfig.read_step_max, max_prior_step), or resume "
+                f"from an earlier checkpoint."
+            )
+            if self.consecutive_skips >= self.config.max_consecutive_skips:
                 raise TrainingDiverged(
                     f"meta-training diverged: {self.consecutive_skips} consecutive steps had a non-finite loss or "
-                    f"a gradient norm above {self.config.skip_grad_norm:g} (last: loss {loss:.4g}, "
-                    f"grad norm {grad_norm:.4g}) at step {self.step}. Lower the learning rates (lr, "
-                    f"schedule_lr) or the step-size bounds (EBMMConfig.read_step_max, max_prior_step), or "
-                    f"resume from an earlier checkpoint."
+                    f"a gradient norm above {self.config.skip_grad_norm:g}, {self.rollbacks} rollback(s) "
+                    f"included {advice}"
                 )
+            if (
+                self.config.rollback_after
+                and self._skips_since_rollback >= self.config.rollback_after
+                and self._healthy is not None
+            ):
+                if self.rollbacks >= self.config.max_rollbacks:
+                    raise TrainingDiverged(
+                        f"meta-training diverged: it kept exploding after {self.rollbacks} rollbacks "
+                        f"(max_rollbacks) {advice}"
+                    )
+                self._rollback()
         else:
             self.optimizer.step()
             self.consecutive_skips = 0
+            self._skips_since_rollback = 0
         self.step += 1
         self._advance_schedule()
 
@@ -349,6 +422,8 @@ class MetaTrainer:
             if self.checkpoint_path is None or not self.checkpoint_path.exists():
                 raise FileNotFoundError(f"cannot resume: no checkpoint at {self.checkpoint_path}")
             self.load_checkpoint()
+        if self.run_dir is not None:
+            remove_stale_temp_files(self.run_dir)
         self._snapshot_healthy()
         writer = self._tensorboard()
         cfg = self.config
@@ -370,9 +445,11 @@ class MetaTrainer:
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     rate = episodes / max(time.perf_counter() - window_start, 1e-9)
                     episodes, window_start = 0, time.perf_counter()
+                    shown = {name: f"{values[-1]:.2f}" for name, values in stats.metrics.items()}
                     bar.set_postfix(
-                        loss=f"{stats.loss:.3f}", err=f"{stats.errors[-1]:.3f}", gnorm=f"{stats.grad_norm:.2g}"
-                    )
+                        loss=f"{stats.loss:.3f}", sq_err=f"{stats.errors[-1]:.3f}", **shown,
+                        gnorm=f"{stats.grad_norm:.2g}"
+                    )  # fmt: skip
                     if writer is not None:
                         self._log_scalars(writer, stats, rate)
                     last = {"loss": stats.loss}
@@ -388,16 +465,12 @@ class MetaTrainer:
                 if self.step % cfg.checkpoint_every == 0:
                     self._snapshot_healthy()
                 if self.run_dir is not None and self.step % cfg.checkpoint_every == 0:
-                    if self.consecutive_skips == 0:
-                        self.save_checkpoint()
-                    else:  # weights that just produced exploding gradients must not replace a good checkpoint
-                        bar.write(
-                            f"step {self.step}: checkpoint not written ({self.consecutive_skips} skipped in a row)"
-                        )
+                    # weights that just produced exploding gradients must not replace a good checkpoint
+                    self._save_if_healthy(bar.write)
         finally:
             bar.close()
         if self.run_dir is not None:
-            self.save_checkpoint()
+            self._save_if_healthy(tqdm.write)
         if self.evaluate is not None and not (cfg.eval_every and self.step % cfg.eval_every == 0):
             last = self._run_eval(writer)
         if writer is not None:
@@ -434,8 +507,11 @@ class MetaTrainer:
         for group in self.optimizer.param_groups:
             writer.add_scalar(f"meta/lr_{group['name']}", group["lr"], s)
         writer.add_scalar("charts/episodes_per_s", episodes_per_s, s)
-        for k, err in enumerate(stats.errors, start=1):
-            writer.add_scalar(f"read/error_k{k}", err, s)
+        for k, err in enumerate(stats.errors, start=1):  # summed over a pattern's dims, mean over patterns
+            writer.add_scalar(f"read/sq_error_k{k}", err, s)
+        for name, values in stats.metrics.items():
+            for k, value in enumerate(values, start=1):
+                writer.add_scalar(f"read/{name}_k{k}", value, s)
         if not isinstance(m, EBMMemory):
             return
         with torch.no_grad():

@@ -75,6 +75,10 @@ class Episode:
         self.state = state
 
 
+MAX_EPISODE_LENGTH = 1_000_000
+"""Longest episode an environment accepts (``num_write + delay + num_queries`` steps)."""
+
+
 def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
     """Return ``value`` as an ``int`` after checking ``low <= value (<= high)``.
 
@@ -210,6 +214,11 @@ class MemoryProbeEnv(gym.Env[dict[str, Any], Any], abc.ABC):
         """Fix the phase schedule and build ``observation_space`` from ``self.pattern_space``."""
         self.num_write, self.delay, self.num_queries = num_write, delay, num_queries
         t = num_write + delay + num_queries
+        if t > MAX_EPISODE_LENGTH:  # the schedule arrays below hold one entry per step
+            raise ValueError(
+                f"episode of {t} steps ({num_write} writes + delay {delay} + {num_queries} queries) exceeds "
+                f"MAX_EPISODE_LENGTH = {MAX_EPISODE_LENGTH}; use a shorter delay or fewer patterns"
+            )
         self.episode_length = t
         self.observation_space = spaces.Dict(
             {

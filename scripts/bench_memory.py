@@ -43,6 +43,7 @@ import torch
 import tyro
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ebmm_rl.cli import check_device
 from ebmm_rl.energy import GatedRNNConfig, GatedRNNEnergy, MLPConfig, MLPEnergy, ResNetConvConfig, ResNetConvEnergy
 from ebmm_rl.memory import EBMMConfig, EBMMemory
 
@@ -284,6 +285,7 @@ def usage_error(message: str) -> None:
 
 def main(args: Args) -> None:
     """Measure and print the table."""
+    check_device(args.device)
     if args.threads < 1:
         usage_error(f"--threads must be >= 1, got {args.threads}")
     if min(args.batch_size, args.binary_patterns, args.conv_patterns, args.mlp_patterns, args.repeats) < 1:

@@ -26,6 +26,7 @@ import tyro
 
 from ebmm_rl.binary import PAPER_TABLE1, TABLE1_NUM_PATTERNS, evaluate, format_table, summarize
 from ebmm_rl.checkpoint import load_checkpoint, load_memory
+from ebmm_rl.cli import check_device
 from ebmm_rl.hopfield import HopfieldConfig, hopfield_memory
 from ebmm_rl.protocol import HOPFIELD_BUDGET, MEMORIES, build_memory
 
@@ -120,6 +121,7 @@ def load_model(spec: str, device: str) -> tuple[str, object, str]:
 
 def main(args: Args) -> None:
     """Evaluate every requested row and print the table."""
+    check_device(args.device)
     unknown = [r for r in args.rules if r not in HOPFIELD_ROWS]
     if unknown:
         raise SystemExit(f"unknown rule(s) {unknown}; choose from {list(HOPFIELD_ROWS)}")

@@ -15,6 +15,7 @@ The error bits of a query are counted over all ``D`` bits, ``num_corrupted`` of 
 from __future__ import annotations
 
 import math
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -61,6 +62,8 @@ class Args:
     """AdamW learning rate of step sizes, momenta and loss weights"""
     eval_batches: int = 200
     """random batches of ``batch_size`` episodes per evaluation (fixed seed: every model sees the same ones)"""
+    prior_anchor: Literal["initial", "previous"] = "initial"
+    """where the writing loss's prior pulls each chunk: θ̄ (the paper) or the memory before the chunk"""
     seed: int = 0
     """seed of initialisation, meta-training batches and evaluation batches"""
     threads: int = 1
@@ -118,6 +121,7 @@ def build_memory(args: Args, chunk_size: int) -> EBMMemory:
         write_lr_init=0.1,
         read_step_init=2.0,
         chunk_size=0 if chunk_size >= args.num_patterns else chunk_size,
+        prior_anchor=args.prior_anchor,
     )
     return EBMMemory(energy, config)
 
@@ -230,7 +234,8 @@ def main(args: Args) -> str:
         f"N={args.num_patterns} patterns of D={args.dim} bits, {args.num_corrupted} bits of each query random "
         f"(copying the query: {args.num_corrupted / 2:g} error bits), T={args.write_steps}, K={args.read_steps}, "
         f"{args.steps} meta-steps of {args.batch_size} episodes per C, {args.eval_batches}x{args.batch_size} "
-        f"evaluation episodes; {args.threads} thread(s), {platform.machine()}, torch {torch.__version__}\n"
+        f"evaluation episodes; prior anchor {args.prior_anchor}; {args.threads} thread(s), load average "
+        f"{os.getloadavg()[0]:.1f}, {platform.machine()}, torch {torch.__version__}\n"
     )
     table = format_table(rows, args.num_patterns)
     print(table)

@@ -47,6 +47,7 @@ from meta_train_images import main as meta_train
 
 from ebmm_rl.checkpoint import build_memory as build_from_spec
 from ebmm_rl.checkpoint import load_checkpoint, load_memory
+from ebmm_rl.cli import check_device
 from ebmm_rl.data import ImageDataset
 from ebmm_rl.distortions import ClassBatchSampler, Distortion, UniformBatchSampler, make_sampler
 from ebmm_rl.image_eval import episode_errors, metric_name, query_distortion, summarize_batches
@@ -270,6 +271,7 @@ def train_sizes(args: Args) -> list[Path]:
 # ------------------------------------------------------------------------------------------------------- main
 def main(args: Args) -> list[dict[str, Any]]:
     """Train (``--sizes``), evaluate every model, print and write the table, the plot and the scores."""
+    check_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.checkpoints and not args.sizes and not args.memories:

@@ -28,6 +28,7 @@ import tyro
 
 from ebmm_rl.binary import TABLE1_NUM_PATTERNS
 from ebmm_rl.binary_training import binary_evaluator, binary_sampler
+from ebmm_rl.cli import check_device
 from ebmm_rl.distortions import make_sampler
 from ebmm_rl.image_eval import NOISES, episode_errors, metric_name, query_distortion
 from ebmm_rl.protocol import HOPFIELD_BUDGET, MEMORIES, build_memory
@@ -144,6 +145,7 @@ def image_task(args: Args):
 
 def main(args: Args) -> None:
     """Meta-train, checkpoint, and print the final error bits."""
+    check_device(args.device)
     entry = MEMORIES.get(args.model)
     if entry is None or not entry.trainable:
         trainable = sorted(name for name, e in MEMORIES.items() if e.trainable)

@@ -5,10 +5,19 @@ Example (CPU, about the budget reported in the README)::
     python scripts/meta_train_binary.py --num-patterns 64 --steps 4000 --threads 1   # 4.2 error bits, ~2 h
 
 TensorBoard: ``tensorboard --logdir runs``. Resume a killed run with ``--resume --run-dir runs/<name>``.
+
+Figures: *error bits* count the wrong signs of a retrieved pattern over all ``dim`` bits (the ``dim -
+num_corrupted`` known bits are clamped, so only corrupted ones can be wrong); ``sq_err`` in the progress bar is
+the meta-loss's squared error of the last read iterate, summed over a pattern's bits. The final line prints
+chance (the query itself returned: half of the corrupted bits wrong) and the Hebb rule on the same batches.
+
+Exit codes: 0 done, 1 meta-training diverged (the message names the step and the last healthy checkpoint),
+2 usage error.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,10 +25,12 @@ from pathlib import Path
 import torch
 import tyro
 
-from ebmm_rl.binary_training import binary_evaluator, binary_sampler
+from ebmm_rl.binary_training import binary_evaluator, binary_read_metrics, binary_sampler
+from ebmm_rl.cli import check_device, usage_error
 from ebmm_rl.energy import GatedRNNConfig, GatedRNNEnergy
+from ebmm_rl.hopfield import HebbMemory, HopfieldConfig
 from ebmm_rl.memory import EBMMConfig, EBMMemory
-from ebmm_rl.training import MetaTrainer, TrainConfig
+from ebmm_rl.training import MetaTrainer, TrainConfig, TrainingDiverged
 
 
 @dataclass
@@ -51,6 +62,10 @@ class Args:
     past the divergence of the constant rate to 4.2 error bits, docs/results.md) or constant (the paper)"""
     min_lr_ratio: float = 0.05
     """final learning rate of the cosine schedule as a fraction of the initial one"""
+    skip_grad_norm: float = 1e4
+    """skip a step whose gradient norm (before clipping) exceeds this"""
+    max_consecutive_skips: int = 100
+    """stop (exit code 1) after this many skipped steps in a row, rollbacks included"""
     rollback_after: int = 20
     """after this many exploding steps in a row, go back to the last healthy weights with halved learning
     rates (0: off; the N = 64 model diverged near step 2000 without it)"""
@@ -109,26 +124,52 @@ def make_evaluator(args: Args, num_batches: int):
     )
 
 
+class QueryAsAnswer:
+    """The chance reference: "retrieves" the query itself (corrupted bits random, known bits right)."""
+
+    def write(self, patterns: torch.Tensor) -> None:  # noqa: D102
+        return None
+
+    def recall(self, queries: torch.Tensor, state: None, known_mask: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return queries
+
+
+def check_args(args: Args) -> None:
+    """Usage errors for values that no setting can use (before any run folder is created)."""
+    positive = ("num_patterns", "batch_size", "steps", "write_steps", "read_steps", "hidden_size", "dynamic_size",
+                "eval_batches", "checkpoint_every")  # fmt: skip
+    for name in positive:
+        if getattr(args, name) < 1:
+            usage_error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.dim < 2 or not 0 <= args.num_corrupted <= args.dim:
+        usage_error(f"need --dim >= 2 and 0 <= --num-corrupted <= --dim, got {args.dim} and {args.num_corrupted}")
+    if args.eval_every < 0 or args.threads < 0:
+        usage_error("--eval-every and --threads must be >= 0")
+    if args.resume and args.run_dir is None:
+        usage_error("--resume needs --run-dir: the folder of the run to continue")
+    if args.resume and not (Path(args.run_dir) / "checkpoint.pt").is_file():
+        usage_error(f"--resume: no checkpoint.pt in {args.run_dir}")
+    check_device(args.device)
+
+
 def main(args: Args) -> None:
-    """Meta-train, checkpoint, and print the final error bits."""
+    """Meta-train, checkpoint, and print the final error bits beside chance and the Hebb rule."""
+    check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     run_dir = Path(
         args.run_dir or Path(args.run_root) / f"binary__N{args.num_patterns}__{args.seed}__{int(time.time())}"
     )
-    if args.resume and args.run_dir is None:
-        raise SystemExit("--resume needs --run-dir: the folder of the run to continue")
-    memory = build_memory(args)
-    print(f"EBMM gated RNN: memory size {memory.memory_size} floats, run folder {run_dir}")
-    trainer = MetaTrainer(
-        memory,
-        make_sampler(args),
-        TrainConfig(
+    try:  # every setting is checked here, before the trainer creates the run folder
+        memory = build_memory(args)
+        train_config = TrainConfig(
             steps=args.steps,
             lr=args.lr,
             schedule_lr=args.schedule_lr,
             grad_clip=args.grad_clip,
+            skip_grad_norm=args.skip_grad_norm,
+            max_consecutive_skips=args.max_consecutive_skips,
             lr_schedule=args.lr_schedule,
             min_lr_ratio=args.min_lr_ratio,
             rollback_after=args.rollback_after,
@@ -137,18 +178,36 @@ def main(args: Args) -> None:
             seed=args.seed,
             device=args.device,
             progress=args.progress,
-        ),
+        )
+    except ValueError as error:
+        usage_error(str(error))
+    print(f"EBMM gated RNN: memory size {memory.memory_size} floats, run folder {run_dir}")
+    trainer = MetaTrainer(
+        memory,
+        make_sampler(args),
+        train_config,
         run_dir=run_dir,
         hparams=asdict(args),
         evaluate=make_evaluator(args, args.eval_batches),
+        read_metrics=binary_read_metrics,
     )
     start = time.perf_counter()
-    result = trainer.train(resume=args.resume)
+    try:
+        result = trainer.train(resume=args.resume)
+    except TrainingDiverged as error:
+        path = trainer.checkpoint_path
+        last = f"{path} (step {torch.load(path, weights_only=True)['step']})" if path.is_file() else "none written"
+        print(f"error: {error}\nlast healthy checkpoint: {last}", file=sys.stderr)
+        raise SystemExit(1) from None
     minutes = (time.perf_counter() - start) / 60
+    evaluate = make_evaluator(args, args.eval_batches)
+    chance = evaluate(QueryAsAnswer())["error_bits"]
+    hebb = evaluate(HebbMemory(HopfieldConfig(dim=args.dim)))["error_bits"]
     print(
         f"N={args.num_patterns}: {result['error_bits']:.2f} error bits "
         f"(p5 {result['error_bits_p5']:.2f}, p95 {result['error_bits_p95']:.2f}, {args.eval_batches} batches of "
         f"{args.batch_size}) after {trainer.step} steps, {minutes:.1f} min this session on {args.device}; "
+        f"same batches: chance (query returned) {chance:.2f}, Hebb rule {hebb:.2f} error bits; "
         f"checkpoint {trainer.checkpoint_path} (best evaluation: {run_dir / 'best.pt'})"
     )
 

@@ -23,7 +23,6 @@ Resume a killed run with ``--resume --run-dir <folder>``. TensorBoard: ``tensorb
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 import tyro
 
 from ebmm_rl.checkpoint import save_atomic
+from ebmm_rl.cli import check_device, usage_error
 from ebmm_rl.energy.mlp import MLPConfig, MLPEnergy
 from ebmm_rl.memory import EBMMemory
 from ebmm_rl.rl.env_meta import EnvRecallSampler, recall_forward, recall_metrics
@@ -144,11 +144,6 @@ def build_memory(args: Args, pattern_size: int, data_range: tuple[float, float])
     return EBMMemory(energy, config)
 
 
-def _usage_error(message: str) -> None:
-    print(f"meta_train_env.py: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def _make_env(args: Args):  # noqa: ANN202
     from agents.train import WrapOptions, env_id, wrap_env
 
@@ -243,23 +238,24 @@ def _train_config(args: Args) -> TrainConfig:
 
 def main(args: Args) -> dict[str, float]:
     """Meta-train, checkpoint, and print recall on held-out episodes before and after."""
+    check_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     if args.resume and args.run_dir is None:
-        _usage_error("--resume needs --run-dir: the folder of the run to continue")
+        usage_error("--resume needs --run-dir: the folder of the run to continue")
     for name in ("steps", "episodes", "window", "batch_size", "eval_rows", "max_episode_steps"):
         if getattr(args, name) < 1:
-            _usage_error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            usage_error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not 0.0 <= args.keep_fraction < 1.0:
-        _usage_error(f"--keep-fraction must lie in [0, 1), got {args.keep_fraction}")
+        usage_error(f"--keep-fraction must lie in [0, 1), got {args.keep_fraction}")
     if args.targets == "self-supervised":
         return main_self_supervised(args)
     write_queries = args.write_queries if args.write_queries is not None else "Familiarity" in args.env
     try:
         sampler = EnvRecallSampler(args.env, write_phases=(0, 1) if write_queries else (0,))
     except ValueError as error:
-        _usage_error(f"--targets ground-truth: {error}")
+        usage_error(f"--targets ground-truth: {error}")
     run_dir = Path(args.run_dir or Path(args.run_root) / f"env__{args.env.split('/')[-1]}__{args.seed}")
     memory = build_memory(args, sampler.pattern_size, sampler.data_range)
     held_out = sampler.sample(args.eval_rows, torch.Generator().manual_seed(10_000 + args.seed))

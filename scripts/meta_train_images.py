@@ -40,6 +40,7 @@ import torch
 import tyro
 
 from ebmm_rl.checkpoint import load_checkpoint
+from ebmm_rl.cli import check_device
 from ebmm_rl.data import DATA_DIR_VAR, FOLDERS, ImageDataset, load_dataset
 from ebmm_rl.distortions import make_sampler
 from ebmm_rl.distributed import (
@@ -281,6 +282,7 @@ def run_folder(args: Args, memory_size: int, context: DistributedContext) -> Pat
 # ----------------------------------------------------------------------------------------------------------- main
 def main(args: Args) -> None:
     """Meta-train, evaluate, checkpoint; print the final test error (and parameter checksums under torchrun)."""
+    check_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.resume and args.run_dir is None:

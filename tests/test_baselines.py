@@ -129,7 +129,7 @@ def test_trainer_logs_generic_scalars_and_refuses_untrainable_memories(tmp_path)
     events = EventAccumulator(str(tmp_path))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"meta/loss", "read/error_k1"} <= tags and not any(t.startswith("write/") for t in tags)
+    assert {"meta/loss", "read/sq_error_k1"} <= tags and not any(t.startswith("write/") for t in tags)
     with pytest.raises(ValueError, match="no trainable parameters"):
         MetaTrainer(build_memory("modern_hopfield", dim=16, budget=64), sampler)
 

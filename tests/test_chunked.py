@@ -43,7 +43,16 @@ def test_evaluate_chunked_reports_every_position_and_chunk(energy):
     assert len(result.per_position) == 6 and len(result.per_chunk) == 2  # chunks [0:4], [4:6]
     assert result.first == pytest.approx(sum(result.per_position[:4]) / 4)
     assert result.last == pytest.approx(sum(result.per_position[4:]) / 2)
-    assert all(0 <= e <= 16 for e in result.per_position)
+    # per position: the same batches written chunk by chunk and read back here, errors averaged per position
+    generator = torch.Generator().manual_seed(1)
+    errors = []
+    with torch.no_grad():
+        for _ in range(3):
+            patterns = sample_patterns(2, 6, 16, generator=generator)
+            queries, known = corrupt(patterns, 8, generator=generator)
+            state = memory.write(patterns[:, 4:], memory.write(patterns[:, :4]))
+            errors.append(error_bits(memory.read(queries, state, known).retrieved, patterns))
+    torch.testing.assert_close(torch.tensor(result.per_position), torch.stack(errors).reshape(-1, 6).mean(dim=0))
 
 
 def test_batch_writing_is_one_chunk_and_matches_a_plain_write():
@@ -84,3 +93,9 @@ def test_script_runs_on_a_tiny_budget():
     assert result.returncode == 0, result.stdout + result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert len(rows) == 4  # 2 trained models x 2 write chunk sizes
+
+
+@pytest.mark.parametrize("anchor", ["initial", "previous"])
+def test_prior_anchor_reaches_the_memory(anchor):
+    memory = eval_chunked.build_memory(eval_chunked.Args(**{**vars(TINY), "prior_anchor": anchor}), chunk_size=2)
+    assert memory.config.prior_anchor == anchor and memory.config.chunk_size == 2

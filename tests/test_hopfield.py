@@ -167,18 +167,52 @@ def test_stored_patterns_are_fixed_points_at_low_load(rule):
     assert torch.equal(retrieved, patterns)
 
 
+def _read_reference(weights, query, free, dynamics, max_sweeps=100):
+    """Hopfield dynamics for one query in plain Python, units in index order.
+
+    weights [D, D] (diagonal ignored), query [D], free [D] bool -> final state (list of floats). Async: each free
+    unit in turn takes the sign of its field ``sum_{j != i} w_ij x_j`` (zero keeps it) until a sweep changes
+    nothing. Sync: all free units at once from the previous state.
+    """
+    w, x, free = weights.tolist(), query.tolist(), free.tolist()
+    dim = len(x)
+
+    def field(state, i):
+        return sum(w[i][j] * state[j] for j in range(dim) if j != i)
+
+    def sign_or_keep(h, old):
+        return 1.0 if h > 0 else -1.0 if h < 0 else old
+
+    for _ in range(max_sweeps):
+        if dynamics == "async":
+            changed = False
+            for i in range(dim):
+                if free[i]:
+                    new = sign_or_keep(field(x, i), x[i])
+                    changed |= new != x[i]
+                    x[i] = new
+        else:
+            new_x = [sign_or_keep(field(x, i), x[i]) if free[i] else x[i] for i in range(dim)]
+            changed = new_x != x
+            x = new_x
+        if not changed:
+            break
+    return x
+
+
 @pytest.mark.parametrize("dynamics", ["async", "sync"])
 @pytest.mark.parametrize("rule", RULES)
-def test_batched_equals_per_episode_loop(rule, dynamics):
-    patterns, queries, known_mask, _ = _episode(4, 24, dim=64, seed=9)
-    memory = hopfield_memory(rule, HopfieldConfig(dim=64, update_order="fixed", dynamics=dynamics))
+def test_read_matches_a_plain_python_reference(rule, dynamics):
+    patterns, queries, known_mask, _ = _episode(2, 5, dim=16, seed=9, num_corrupted=8)
+    memory = hopfield_memory(rule, HopfieldConfig(dim=16, update_order="fixed", dynamics=dynamics))
     state = memory.write(patterns)
     batched = memory.read(queries, state, known_mask=known_mask)
-    for b in range(4):
-        single_state = memory.write(patterns[b : b + 1])
-        torch.testing.assert_close(single_state.weights[0], state.weights[b], atol=1e-6, rtol=1e-6)
-        single = memory.read(queries[b : b + 1], single_state, known_mask=known_mask[b : b + 1])
-        assert torch.equal(single[0], batched[b])
+    moved = 0
+    for b, m in itertools.product(range(2), range(5)):
+        expected = _read_reference(state.weights[b], queries[b, m], ~known_mask[b, m], dynamics)
+        assert batched[b, m].tolist() == expected, (b, m)
+        moved += expected != queries[b, m].tolist()
+    assert moved > 0  # the dynamics did something to check
 
 
 def test_random_order_read_is_seeded():
@@ -188,7 +222,10 @@ def test_random_order_read_is_seeded():
     first = memory.read(queries, state, known_mask, generator=torch.Generator().manual_seed(0))
     second = memory.read(queries, state, known_mask, generator=torch.Generator().manual_seed(0))
     assert torch.equal(first, second)
-    assert float(error_bits(first, patterns).mean()) < 16.0
+    other = memory.read(queries, state, known_mask, generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(first, other)  # the order is random, and drawn from the generator
+    # Storkey at N = 48: 6.7 error bits over 32000 memories (module docstring); 96 queries here
+    assert 4.0 < float(error_bits(first, patterns).mean()) < 9.5
 
 
 def test_queries_and_patterns_may_differ_in_count():

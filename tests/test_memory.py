@@ -158,19 +158,7 @@ def test_batched_equals_per_episode_reference(make):
         torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-10)
 
 
-def test_chunked_writing_continues_from_state():
-    torch.manual_seed(0)
-    memory = tiny_binary_memory(write_lr_init=1e-2)
-    x1, x2 = random_bits(2, 3, 16).float(), random_bits(2, 5, 16).float()
-    with torch.no_grad():
-        s1 = memory.write(x1)
-        s2 = memory.write(x2, s1)
-        single = memory.write(x1)
-        single_from_initial = memory.write(x1, memory.initial_state(2))
-    assert s2.num_written.tolist() == [8, 8]
-    assert not torch.equal(s2.flatten(), s1.flatten())
-    torch.testing.assert_close(single.flatten(), single_from_initial.flatten(), rtol=0, atol=0)
-    torch.testing.assert_close(single.flatten(), s1.flatten(), rtol=0, atol=0)
+# Writing continued from a state and chunk by chunk is pinned against a loop-by-loop reference in test_rules.py.
 
 
 def test_pattern_mask_ignores_padding():
@@ -270,19 +258,19 @@ def test_memory_layer_reference_path_matches_batched():
         torch.testing.assert_close(batched[i], F.linear(x[i], w[i], b[i]))
 
 
-def test_write_chunked_matches_sequential_writes_and_single_batch():
+def test_write_chunked_with_one_chunk_is_a_batch_write():
     torch.manual_seed(0)
     memory = tiny_binary_memory(write_lr_init=1e-2).double()
     x = random_bits(2, 7, 16)
     with torch.no_grad():
         one_chunk = memory.write_chunked(x, chunk_size=7)
+        larger = memory.write_chunked(x, chunk_size=99)
         batch = memory.write(x)
         chunked = memory.write_chunked(x, chunk_size=3)
-        manual = memory.write(x[:, 6:], memory.write(x[:, 3:6], memory.write(x[:, :3])))
     torch.testing.assert_close(one_chunk.flatten(), batch.flatten(), rtol=0, atol=0)
-    torch.testing.assert_close(chunked.flatten(), manual.flatten(), rtol=0, atol=0)
+    torch.testing.assert_close(larger.flatten(), batch.flatten(), rtol=0, atol=0)
     assert chunked.num_written.tolist() == [7, 7]
-    assert not torch.allclose(chunked.flatten(), batch.flatten())
+    assert not torch.allclose(chunked.flatten(), batch.flatten())  # chunks get T steps each: not a batch write
 
 
 def test_padding_only_chunk_keeps_the_memory():

@@ -232,8 +232,11 @@ def test_ppo_update_changes_the_memory(tmp_path):
     memory = model.policy.features_extractor.memory
     before = {n: p.detach().clone() for n, p in memory.named_parameters()}
     model.learn(32)
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in memory.parameters())
-    assert any(not torch.equal(before[n], p) for n, p in memory.named_parameters())
+    # α weighs the ‖∇ₓE‖² term, which the RL default writing loss leaves out (DEFAULT_RL_EBMM_CONFIG)
+    assert not memory.config.use_grad_norm_term
+    used = {n: p for n, p in memory.named_parameters() if n != "alpha_raw"}
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in used.values())
+    assert any(not torch.equal(before[n], p) for n, p in used.items())
 
 
 @pytest.mark.parametrize("algo", [PPO, A2C], ids=["ppo", "a2c"])
@@ -341,7 +344,9 @@ def test_recurrent_policy_learns_and_round_trips(tmp_path):
     memory = model.policy.features_extractor.memory
     before = {n: p.detach().clone() for n, p in memory.named_parameters()}
     model.learn(64)
-    assert all(not torch.equal(before[n], p) for n, p in memory.named_parameters())  # gradients reach every one
+    changed = {n: not torch.equal(before[n], p) for n, p in memory.named_parameters()}
+    assert changed.pop("alpha_raw") is False  # the RL default writing loss has no α‖∇ₓE‖² term
+    assert all(changed.values()), changed  # gradients reach every other meta-parameter
     model.save(tmp_path / "model.zip")
     loaded = RecurrentPPO.load(tmp_path / "model.zip")
     env = make_env("ebmm/BinaryRecall-Easy-v0")

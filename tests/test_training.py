@@ -5,14 +5,16 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import replace as dataclasses_replace
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from ebmm_rl.binary import corrupt, sample_patterns
+from ebmm_rl.binary_training import binary_read_metrics
 from ebmm_rl.checkpoint import load_checkpoint, load_memory, save_memory
 from ebmm_rl.energy import GatedRNNConfig, GatedRNNEnergy
-from ebmm_rl.memory import EBMMConfig, EBMMemory, MetaOutput
+from ebmm_rl.memory import EBMMConfig, EBMMemory, MetaOutput, ReadResult
 from ebmm_rl.training import MetaTrainer, TrainConfig, TrainingDiverged
 
 
@@ -119,13 +121,31 @@ def test_checkpoint_is_data_only_and_rebuilds_the_memory(tmp_path):
 def test_tensorboard_scalars_are_written(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    MetaTrainer(tiny_memory(), sampler, config(steps=4), run_dir=tmp_path).train()
+    seen = []
+
+    def metrics(batch, out):  # what the trainer logs must be what read_metrics returned for that step's batch
+        values = binary_read_metrics(batch, out)
+        seen.append(values["error_bits"])
+        return values
+
+    MetaTrainer(tiny_memory(), sampler, config(steps=4), run_dir=tmp_path, read_metrics=metrics).train()
     events = EventAccumulator(str(tmp_path))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    expected = {"meta/loss", "meta/grad_norm", "read/error_k3", "read/gamma_k1", "read/psi_k3", "write/alpha"}
-    assert expected <= tags
+    expected = {"meta/loss", "meta/grad_norm", "read/sq_error_k3", "read/error_bits_k3", "read/gamma_k1", "write/alpha"}
+    assert expected <= tags and "read/error_k3" not in tags
     assert "write/lr_memory_energy_t2" in tags and "charts/episodes_per_s" in tags
+    assert len(seen) == 2  # computed on logged steps only (log_every=2)
+    logged = [e.value for e in events.Scalars("read/error_bits_k3")]
+    assert logged == pytest.approx([v[2] for v in seen])
+
+
+def test_binary_read_metrics_count_wrong_signs_of_every_iterate():
+    patterns = torch.tensor([[[1.0, -1.0, 1.0, -1.0]]])  # [B=1, N=1, D=4]
+    iterates = torch.tensor([[[0.5, 0.5, 0.5, 0.5]], [[0.9, -0.2, -0.1, 0.3]], [[1.0, -1.0, 0.0, -0.5]]])
+    out = SimpleNamespace(read=ReadResult(iterates.unsqueeze(1)))  # [K + 1 = 3, B, N, D]
+    # iterate 1: signs + - - + -> bits 3 and 4 wrong; iterate 2: + - + - (0 counts as +1) -> none wrong
+    assert binary_read_metrics((patterns,), out) == {"error_bits": [2.0, 0.0]}
 
 
 def test_best_evaluation_is_kept_and_skipping_runs_do_not_overwrite(tmp_path):
@@ -274,3 +294,68 @@ def test_status_lines_without_a_progress_bar(capsys):
     assert "step 2/4" not in capsys.readouterr().out
     with pytest.raises(ValueError, match="status_every_s"):
         config(status_every_s=-1)
+
+
+def exploding(memory: EBMMemory, bad_calls) -> None:
+    """Make ``memory``'s forward return a NaN loss on the calls (1-based) for which ``bad_calls(n)`` holds."""
+    real_forward, calls = memory.forward, {"n": 0}
+
+    def forward(patterns, queries, known_mask=None):
+        calls["n"] += 1
+        out = real_forward(patterns, queries, known_mask)
+        return MetaOutput(out.loss * math.nan, out.errors, out.read, out.state) if bad_calls(calls["n"]) else out
+
+    memory.forward = forward
+
+
+def test_rollbacks_do_not_reset_the_divergence_count():
+    memory = tiny_memory()
+    exploding(memory, lambda n: n > 2)  # healthy for two steps, then every step explodes
+    trainer = MetaTrainer(memory, sampler, config(steps=50, checkpoint_every=1, rollback_after=2,
+                                                  max_consecutive_skips=7, max_rollbacks=10))  # fmt: skip
+    with pytest.raises(TrainingDiverged, match="7 consecutive steps .* 3 rollback"):
+        trainer.train()
+    assert trainer.step == 2 + 6 and trainer.rollbacks == 3
+
+
+def test_too_many_rollbacks_stop_training():
+    memory = tiny_memory()
+    exploding(memory, lambda n: n % 3 != 0)  # two exploding steps, one good one, again and again
+    trainer = MetaTrainer(memory, sampler, config(steps=50, checkpoint_every=1, rollback_after=2,
+                                                  max_consecutive_skips=5, max_rollbacks=2))  # fmt: skip
+    with pytest.raises(TrainingDiverged, match="after 2 rollbacks"):
+        trainer.train()
+    assert trainer.rollbacks == 2
+
+
+def test_no_checkpoint_from_skipping_or_non_finite_weights(tmp_path):
+    memory = tiny_memory()
+    exploding(memory, lambda n: n > 4)  # steps 5 and 6 skipped: the final save must not happen
+    trainer = MetaTrainer(memory, sampler, config(steps=6, checkpoint_every=2), run_dir=tmp_path)
+    trainer.train()
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 4
+    with torch.no_grad():
+        memory.alpha_raw.fill_(math.nan)
+    trainer.consecutive_skips = 0
+    with pytest.raises(ValueError, match="NaN or inf"):
+        trainer.save_checkpoint()
+    with pytest.raises(ValueError, match="NaN or inf"):
+        save_memory(memory, tmp_path / "memory.pt")
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 4 and not (tmp_path / "memory.pt").exists()
+
+
+def test_stale_temporary_checkpoint_files_are_removed_on_start(tmp_path):
+    stale = [tmp_path / ".checkpoint.pt.abc123.tmp", tmp_path / ".best.pt.x.tmp"]
+    for p in stale:
+        p.write_bytes(b"half a checkpoint")
+    keep = tmp_path / "notes.tmp"
+    keep.write_text("not ours")
+    MetaTrainer(tiny_memory(), sampler, config(steps=1), run_dir=tmp_path).train()
+    assert not any(p.exists() for p in stale) and keep.exists()
+
+
+@pytest.mark.parametrize("field", ["lr", "schedule_lr", "grad_clip", "skip_grad_norm", "weight_decay"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -1.0])
+def test_config_rejects_non_finite_or_negative_rates(field, value):
+    with pytest.raises(ValueError, match=field):
+        config(**{field: value})

@@ -18,6 +18,7 @@ from ebmm_rl.layers import (
     sigmoid_backward,
     tanh_backward,
 )
+from ebmm_rl.validation import check_int_fields
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class MLPConfig:
     hidden_size: int = 128
     dynamic_size: int = 32
     hops: int = 2
+
+    def __post_init__(self) -> None:
+        check_int_fields(self, {"hops": 0})
 
 
 class MLPEnergy(EnergyNet):

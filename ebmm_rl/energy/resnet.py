@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ebmm_rl.layers import EnergyNet, FastWeights, MemoryConv2d, MemoryLinear, conv_out_size, he_init_
+from ebmm_rl.validation import check_int_fields
 
 
 def _halve(size: int) -> int:
@@ -244,6 +245,9 @@ class _ImagePresets:
 
     in_channels: int
     image_size: int
+
+    def __post_init__(self) -> None:
+        check_int_fields(self)  # every size, width and step count >= 1
 
     @classmethod
     def omniglot(cls, **overrides: object):

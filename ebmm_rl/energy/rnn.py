@@ -19,6 +19,7 @@ from ebmm_rl.layers import (
     sigmoid_backward,
     tanh_backward,
 )
+from ebmm_rl.validation import check_int_fields
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class GatedRNNConfig:
     hidden_size: int = 1024
     dynamic_size: int = 64
     hops: int = 5
+
+    def __post_init__(self) -> None:
+        check_int_fields(self)
 
 
 class GatedRNNEnergy(EnergyNet):

@@ -32,11 +32,12 @@ def memory_scalars(extractor: EBMMExtractor) -> dict[str, float]:
     out: dict[str, float] = {}
     for t, rate in enumerate(memory.write_lrs.detach().mean(dim=(1, 2)).tolist()):
         out[f"memory/write_lr_t{t}"] = rate
-    for k, (gamma, psi) in enumerate(zip(memory.read_step_sizes.tolist(), memory.momenta.tolist(), strict=True)):
+    gammas, psis = memory.read_step_sizes.detach().tolist(), memory.momenta.detach().tolist()
+    for k, (gamma, psi) in enumerate(zip(gammas, psis, strict=True)):
         out[f"memory/read_step_k{k}"] = gamma
         out[f"memory/momentum_k{k}"] = psi
-    out["memory/alpha"] = float(memory.alpha)
-    out["memory/beta"] = float(memory.beta)
+    out["memory/alpha"] = float(memory.alpha.detach())
+    out["memory/beta"] = float(memory.beta.detach())
     out.update({f"memory/{k}": v for k, v in extractor.last_read.items()})
     if extractor.last_aux_loss is not None:
         out["memory/aux_loss"] = extractor.last_aux_loss

@@ -278,6 +278,8 @@ class EBMMExtractor(HistoryFeaturesExtractor):
         if not (np.isfinite(aux_coef) and aux_coef >= 0):
             raise ValueError(f"aux_coef must be a finite number >= 0, got {aux_coef}")
         self.chunk_size = int(chunk_size)
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
+            raise ValueError(f"cache_size must be an integer >= 0 (0 disables the cache), got {cache_size!r}")
         self.cache_size = int(cache_size)
         self.aux_coef = float(aux_coef)
 
