@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +39,14 @@ def test_bench_memory_prints_the_table():
         "--repeats", "1", "--threads", "1",
     )  # fmt: skip
     assert "binary   batched is" in out and "conv     batched is" in out
+
+
+def test_bench_memory_peak_table_picks_the_card_and_precision():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_memory import peak_tflops_of
+
+    assert peak_tflops_of("NVIDIA H100 80GB HBM3", "tf32") == 494.5  # SXM: half the 989 TFLOP/s with sparsity
+    assert peak_tflops_of("NVIDIA H100 PCIe", "bf16") == 756.0
+    assert peak_tflops_of("NVIDIA H200", "fp32") == 67.0
+    assert math.isnan(peak_tflops_of("Some Other GPU", "fp32"))
+    assert peak_tflops_of("Some Other GPU", "fp32", override=10.0) == 10.0
