@@ -425,8 +425,15 @@ class MetaTrainer:
         if self.run_dir is None:
             return None
         if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard not installed (a bare GPU machine): train and checkpoint without logs
+                if not getattr(self, "_warned_no_tensorboard", False):
+                    self._warned_no_tensorboard = True
+                    warnings.warn(
+                        "tensorboard is not installed: no TensorBoard logs (pip install tensorboard)", stacklevel=2
+                    )
+                return None
             self._writer = SummaryWriter(str(self.run_dir))
             rows = {**_plain(self.hparams), **dataclasses.asdict(self.config), "memory_size": self.memory.memory_size}
             table = "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in rows.items())

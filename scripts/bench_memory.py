@@ -368,11 +368,12 @@ def main(args: Args) -> None:
     for model in args.models:
         for B in batch_sizes:
             rows += bench_model(model, B, args, device, unit)
+            if args.json:  # after every batch size: a run stopped by a time limit keeps what it measured
+                info = {"machine": machine(), "device": str(device), "torch": torch.__version__, "load": load()}
+                with open(args.json + ".tmp", "w") as f:
+                    json.dump({"info": info, "rows": rows}, f, indent=1)
+                os.replace(args.json + ".tmp", args.json)
     print(f"load average at end {load()}")
-    if args.json:
-        info = {"machine": machine(), "device": str(device), "torch": torch.__version__, "load_end": load()}
-        with open(args.json, "w") as f:
-            json.dump({"info": info, "rows": rows}, f, indent=1)
 
 
 def bench_model(model: Model, B: int, args: Args, device: torch.device, unit: str) -> list[dict]:
