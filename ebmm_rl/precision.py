@@ -19,6 +19,11 @@ about 1/256 of the weight it is added to is rounded away, and the write rates st
 meta-gradients of the float32 parameters are float32 (autocast's casts are differentiable). No loss scaling is
 needed: bfloat16 has float32's exponent range.
 
+Measured (``scripts/bench_precision.py``, C.1 memory, hidden 128, CPU): the change of the fast weights by one
+write differs from float32's by 0.55% under autocast but by 97% when the fast weights themselves are bfloat16 at
+the paper's initial write rate 1e-4 (most updates rounded away), and by 0.36% against 6.4% at this project's 0.1;
+the meta-loss (about 590) is within 0.01 of float32's under autocast and rounded to a multiple of 4 in all-bf16.
+
 Typical use::
 
     set_matmul_precision("tf32", device)          # global flags, once

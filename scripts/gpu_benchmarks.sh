@@ -12,6 +12,7 @@
 #   pytest     pytest -m gpu tests/test_gpu.py (CUDA against CPU, closed form vs autograd, trainer per precision)
 #   bench_binary, bench_conv   scripts/bench_memory.py GPU columns: meta-steps/s, TFLOP/s, % of the card's peak
 #              in fp32/tf32/bf16, peak memory, several batch sizes (binary at the paper's size: hidden 1024, N=64)
+#   precision  scripts/bench_precision.py: error of one write in autocast-bf16 and all-bf16 against fp32
 #   hopfield   Table 1's Hopfield rows over 1000 memories, on the CPU, in the background during training
 #   train_binary   the C.1 model at the paper's size for most of the budget, at the largest benchmarked batch
 #              that fits and keeps >= --min-steps-per-s, checkpoint + evaluation every minute (best.pt)
@@ -27,7 +28,7 @@
 set -u
 
 usage() {
-  sed -n '2,27p' "$0" >&2
+  sed -n '2,28p' "$0" >&2
   exit 2
 }
 die_usage() {
@@ -250,6 +251,7 @@ if [ "$smoke" = 1 ]; then
   BENCH_BINARY=(--batch-sizes 2 4 --binary-hidden 72 --binary-patterns 4 --precisions fp32 bf16 --repeats 1
     --no-peak-memory --threads 1)
   BENCH_CONV=(--batch-sizes 2 --conv-patterns 1 --precisions fp32 --repeats 1 --no-peak-memory --threads 1)
+  PRECISION_SIZE=(--hidden-size 72)
   TRAIN_SIZE=(--hidden-size 72 --num-patterns 4 --eval-batches 2 --threads 1)
   HOPFIELD=(--num-batches 5 --patterns 16 64 --threads 1)
   TABLE1=(--num-batches 5 --patterns 16 64 --threads 1)
@@ -260,6 +262,7 @@ else
   BENCH_BINARY=(--batch-sizes 16 64 256 1024 --binary-hidden 1024 --binary-patterns 64 --precisions fp32 tf32 bf16
     --repeats 3)
   BENCH_CONV=(--batch-sizes 16 64 256 --conv-patterns 8 --precisions fp32 tf32 bf16 --repeats 3)
+  PRECISION_SIZE=(--hidden-size 1024 --threads 1)
   TRAIN_SIZE=(--hidden-size 1024 --num-patterns 64 --eval-batches 10)
   HOPFIELD=(--num-batches 1000 --threads 4)
   TABLE1=(--num-batches 1000 --batches-per-call 250 --threads 1)
@@ -275,6 +278,7 @@ run_stage bench_binary "$(share 0.12 60)" "$PY" scripts/bench_memory.py --models
   --modes batched "${BENCH_BINARY[@]}" --json "$work/bench_binary.json"
 run_stage bench_conv "$(share 0.08 45)" "$PY" scripts/bench_memory.py --models conv --device "$device" \
   --modes batched "${BENCH_CONV[@]}" --json "$work/bench_conv.json"
+run_stage precision "$(share 0.03 20)" "$PY" scripts/bench_precision.py --device "$device" "${PRECISION_SIZE[@]}"
 
 # ---------------------------------------------------------------------------- c: paper-size Table 1 (C.1 model)
 # the largest benchmarked batch that fit and ran >= min_rate closed-form steps/s at the training precision
@@ -312,6 +316,7 @@ fi
   echo "CPU time (the process waits on the GPU by spinning, so about its wall time; the time box stops it otherwise)."
 } > "$logs/train_binary.note"
 # Hopfield rows on the CPU while the GPU trains (different random stream from the GPU's, same distribution)
+echo hopfield >> "$work/stages"  # listed before train_binary, whichever starts first
 run_stage hopfield "$(($(left) > 60 ? $(left) - 30 : 30))" "$PY" scripts/eval_binary.py --device cpu "${HOPFIELD[@]}" &
 hopfield_pid=$!
 train_minutes=$(awk -v s="$train_s" 'BEGIN { printf "%.3f", s / 60 }')

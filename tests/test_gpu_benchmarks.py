@@ -12,8 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_benchmarks.sh"
 STAGES = [
-    "setup", "pytest", "bench_binary", "bench_conv", "train_binary", "hopfield", "table1", "train_omniglot",
-    "distortion_rate", "collect",
+    "setup", "pytest", "bench_binary", "bench_conv", "precision", "hopfield", "train_binary", "table1",
+    "train_omniglot", "distortion_rate", "collect",
 ]  # fmt: skip
 
 
@@ -37,7 +37,7 @@ def test_smoke_runs_every_stage_and_writes_the_summary(tmp_path):
     # the figures of the stages are in it: bench rows, Table 1 (Hopfield and EBMM rows), the distortion-rate table
     assert re.search(r"^binary\s+4\s+4\s+8256 closed\s+batched\s+bf16", summary, flags=re.M)
     assert "| pseudo-inverse |" in summary and "| EBMM RNN (trained at N=4" in summary
-    assert "EBMM (ResNetConvEnergy)" in summary and "passed" in summary
+    assert "EBMM (ResNetConvEnergy)" in summary and "passed" in summary and "all-bf16" in summary
     files = list((tmp_path / "out").iterdir())
     assert len(files) <= 8 and all(f.stat().st_size <= 16 * 2**20 for f in files)
     assert {"summary.md", "binary_memory.pt", "omniglot_memory.pt", "logs.tar.gz"} <= {f.name for f in files}
