@@ -159,10 +159,13 @@ run_stage() {
   local name="$1" limit="$2"
   shift 2
   grep -qx "$name" "$work/stages" || echo "$name" >> "$work/stages"
+  local t0 rc
+  if [ "${BACKGROUND:-0}" = 0 ] && [ "$limit" -gt $(($(left) - 15)) ]; then
+    limit=$(($(left) - 15))  # never past the budget (15 s kept for collecting the outputs)
+  fi
+  t0=$(date +%s)
   printf '%q ' "$@" > "$logs/$name.cmd"
   echo " # time box ${limit} s" >> "$logs/$name.cmd"
-  local t0 rc
-  t0=$(date +%s)
   echo "[$(elapsed) s] stage $name (time box ${limit} s)" >&2
   if [ "$limit" -lt 5 ]; then
     echo "skipped: no time left in the budget" > "$logs/$name.status"
@@ -317,7 +320,7 @@ fi
 } > "$logs/train_binary.note"
 # Hopfield rows on the CPU while the GPU trains (different random stream from the GPU's, same distribution)
 echo hopfield >> "$work/stages"  # listed before train_binary, whichever starts first
-run_stage hopfield "$(($(left) > 60 ? $(left) - 30 : 30))" "$PY" scripts/eval_binary.py --device cpu "${HOPFIELD[@]}" &
+BACKGROUND=1 run_stage hopfield "$(($(left) > 60 ? $(left) - 30 : 30))" "$PY" scripts/eval_binary.py --device cpu "${HOPFIELD[@]}" &
 hopfield_pid=$!
 train_minutes=$(awk -v s="$train_s" 'BEGIN { printf "%.3f", s / 60 }')
 run_stage train_binary "$((train_s + 60))" "$PY" scripts/meta_train_binary.py "${TRAIN_SIZE[@]}" \
