@@ -1,4 +1,4 @@
-"""CUDA code paths (``pytest -m gpu``; skipped without CUDA): core, closed form, trainer, precisions, RL extractor.
+"""CUDA code paths (``pytest -m gpu``; skipped without CUDA): core, closed form, trainer, precisions, RL memory.
 
 Every test compares the CUDA result with an independent CPU computation of the same weights and data (TF32 off,
 so both are float32 arithmetic). ``EBMM_GPU_TEST_DEVICE=cpu`` runs them on the CPU instead, so that
@@ -127,7 +127,7 @@ def test_meta_trainer_steps_on_device(precision):
     set_matmul_precision("fp32", DEVICE)
 
 
-def test_rl_extractor_forward_on_device():
+def test_rl_default_memory_write_read_on_device():
     pytest.importorskip("stable_baselines3")
     from ebmm_rl.rl.extractor import DEFAULT_RL_EBMM_CONFIG, DEFAULT_RL_ENERGY
 
