@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,3 +51,17 @@ def test_bench_memory_peak_table_picks_the_card_and_precision():
     assert peak_tflops_of("NVIDIA H200", "fp32") == 67.0
     assert math.isnan(peak_tflops_of("Some Other GPU", "fp32"))
     assert peak_tflops_of("Some Other GPU", "fp32", override=10.0) == 10.0
+
+
+@pytest.mark.slow  # torch.compile takes about a minute here
+def test_eval_binary_compiled_gives_the_eager_table(tmp_path):
+    run_dir = tmp_path / "run"
+    run(
+        "scripts/meta_train_binary.py", "--num-patterns", "3", "--hidden-size", "72", "--batch-size", "2",
+        "--eval-batches", "1", "--eval-every", "0", "--no-progress", "--threads", "1", "--steps", "1",
+        "--run-dir", str(run_dir),
+    )  # fmt: skip
+    common = ["scripts/eval_binary.py", "--rules", "--ebmm", str(run_dir / "checkpoint.pt"), "--num-batches", "3"]
+    tables = [run(*common, *extra, "--patterns", "4", "8").split("wall time")[0] for extra in ([], ["--compile"])]
+    assert "| EBMM RNN (trained at N=3, 1 steps) |" in tables[0]
+    assert tables[0] == tables[1]
