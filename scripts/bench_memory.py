@@ -386,12 +386,23 @@ def bench_model(model: Model, B: int, args: Args, device: torch.device, unit: st
         paths = paths_of(memory, args.paths)
         combos = [(path, mode, prec) for path in paths for mode in args.modes for prec in args.precisions]
         steps = {c: functools.partial(path_step, memory, patterns, queries, known, *c) for c in combos}
-        peaks = {}
-        for c in combos:  # also the warm-up
-            if cuda:
-                peaks[c] = cuda_peak_mib(steps[c], device)
-            elif args.peak_memory:
-                peaks[c] = peak_memory_mib(model, args, c[0], c[1] == "batched", c[2])
+        peaks, oom_rows = {}, []
+        for c in list(combos):  # also the warm-up; a combination that does not fit is reported and dropped
+            try:
+                if cuda:
+                    peaks[c] = cuda_peak_mib(steps[c], device)
+                elif args.peak_memory:
+                    peaks[c] = peak_memory_mib(model, args, c[0], c[1] == "batched", c[2])
+            except torch.cuda.OutOfMemoryError:
+                memory.zero_grad(set_to_none=True)
+                gc.collect()
+                torch.cuda.empty_cache()
+                combos.remove(c)
+                print(f"{model:8} {B:>5} {c[0]} {c[1]} {c[2]}: OOM, one meta-step does not fit on {device}", flush=True)
+                oom_rows.append({"model": model, "batch_size": B, "path": c[0], "mode": c[1], "precision": c[2]})
+                oom_rows[-1]["oom"] = True
+        if not combos:
+            return oom_rows
         flops = {c: count_flops(steps[c]) for c in combos}
         times: dict[tuple[str, str, str], list[tuple[float, float]]] = {c: [] for c in combos}
         rates = []  # the matmul rate, measured in every round beside the steps
@@ -436,6 +447,7 @@ def bench_model(model: Model, B: int, args: Args, device: torch.device, unit: st
         print(line, flush=True)
     print(f"{model:8} plain 512x512 fp32 matmul, measured in the same rounds: {rate:.1f} {unit}")
     prec = args.precisions[0]
+    paths = tuple(p for p in paths if all((p, m, prec) in cpu for m in args.modes))  # those that fitted
     if set(MODES) <= set(args.modes):
         for path in paths:
             ratio = cpu[path, "loop", prec] / cpu[path, "batched", prec]
@@ -450,7 +462,7 @@ def bench_model(model: Model, B: int, args: Args, device: torch.device, unit: st
         for mode in args.modes:
             ratio = cpu["autograd", mode, prec] / cpu["closed", mode, prec]
             print(f"{model:8} closed-form path is {ratio:.2f}x faster than autograd ({mode}, CPU time)")
-    return rows
+    return rows + oom_rows
 
 
 if __name__ == "__main__":

@@ -65,3 +65,23 @@ def test_eval_binary_compiled_gives_the_eager_table(tmp_path):
     tables = [run(*common, *extra, "--patterns", "4", "8").split("wall time")[0] for extra in ([], ["--compile"])]
     assert "| EBMM RNN (trained at N=3, 1 steps) |" in tables[0]
     assert tables[0] == tables[1]
+
+
+def test_bench_memory_reports_a_combination_that_runs_out_of_memory_and_keeps_the_others(monkeypatch, capsys):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_memory
+
+    def peak(model, args, path, batched, precision):
+        if path == "autograd":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return 1.0
+
+    monkeypatch.setattr(bench_memory, "peak_memory_mib", peak)
+    args = bench_memory.Args(
+        models=["binary"], binary_hidden=72, binary_patterns=2, repeats=1, modes=["batched"], device="cpu"
+    )
+    rows = bench_memory.bench_model("binary", 2, args, torch.device("cpu"), "GFLOP/CPU-s")
+    by_path = {r["path"]: r for r in rows}
+    assert by_path["autograd"]["oom"] and not by_path["closed"]["oom"]
+    assert by_path["closed"]["wall_s"] > 0 and by_path["closed"]["peak_mib"] == 1.0
+    assert "autograd batched fp32: OOM" in capsys.readouterr().out
