@@ -12,13 +12,21 @@ gymnasium, and gymnasium's module prefix imports it in a fresh process (a ``Subp
 
 (Gymnasium 1.x has no plugin entry points: its ``gymnasium.envs`` entry-point group was removed in 1.0, so the
 module prefix or an import is how a third-party package's ids get registered.)
+
+Without gymnasium installed (a bare GPU machine with only torch, say) the ids are not registered and the core
+(memory, energies, trainer, binary and image tasks) still imports; the environments and the SB3 integration then
+fail when they are imported, naming the missing package.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import envs  # noqa: F401  (registers the ebmm/... gymnasium ids; numpy + gymnasium only)
+try:
+    import envs  # noqa: F401  (registers the ebmm/... gymnasium ids; numpy + gymnasium only)
+except ModuleNotFoundError as _err:  # gymnasium (or numpy) missing: the core works without the environments
+    if _err.name not in ("gymnasium", "numpy"):
+        raise
 from ebmm_rl.checkpoint import load_memory, save_memory
 from ebmm_rl.memory import EBMMConfig, EBMMemory, MemoryState, MetaOutput, ReadResult
 

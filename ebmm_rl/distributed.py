@@ -45,6 +45,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ebmm_rl.checkpoint import non_finite_tensors, save_atomic
 from ebmm_rl.memory import EBMMemory
+from ebmm_rl.precision import autocast_context
 from ebmm_rl.training import BEST_NAME, MetaTrainer, Sampler, StepStats, TrainConfig
 
 __all__ = [
@@ -285,7 +286,8 @@ class DistributedMetaTrainer(MetaTrainer):
         world = self.context.world_size
         self.memory.train()
         patterns, queries, known_mask = self.sample_batch(self.generator)
-        out = self.ddp(patterns, queries, known_mask)
+        with autocast_context(self.config.precision, self.device):  # bf16: see ebmm_rl.precision
+            out = self.ddp(patterns, queries, known_mask)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()  # always, on every rank: DDP all-reduces the gradients in here
         params = [p for g in self.optimizer.param_groups for p in g["params"]]

@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from ebmm_rl.checkpoint import load_checkpoint, memory_spec, non_finite_tensors, remove_stale_temp_files, save_atomic
 from ebmm_rl.memory import WRITE_TERMS, EBMMemory
+from ebmm_rl.precision import Precision, autocast_context, check_precision, set_matmul_precision
 
 Batch = tuple[Tensor, Tensor, "Tensor | None"]
 """``(patterns [B, N, D...], queries [B, N, D...], known_mask [B, N, D...] or None)``; with a custom ``forward``,
@@ -95,6 +96,9 @@ class TrainConfig:
             limit. A compute budget that does not depend on how busy a shared machine is.
         seed: seed of the batch generator and of the weights' initialisation.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        precision: ``"fp32"``, ``"tf32"`` (CUDA matmuls/convolutions on TF32 tensor cores) or ``"bf16"``
+            (``torch.autocast`` around the forward of each step; fast weights, update rules, step sizes and the
+            loss stay float32): see :mod:`ebmm_rl.precision`.
         progress: show a progress bar.
         status_every_s: without a progress bar, print a status line (step, loss, error, gradient norm, episodes/s,
             CPU minutes) at the first logging step after every this many seconds of wall time; 0: never.
@@ -118,6 +122,7 @@ class TrainConfig:
     time_limit_s: float = 0.0
     seed: int = 0
     device: str = "cpu"
+    precision: Precision = "fp32"
     progress: bool = True
     status_every_s: float = 60.0
 
@@ -143,6 +148,7 @@ class TrainConfig:
             raise ValueError(
                 "TrainConfig: need steps >= 0, lr > 0, grad_clip > 0, log_every >= 1, checkpoint_every >= 1"
             )
+        check_precision(self.precision)
         if self.status_every_s < 0:
             raise ValueError(f"TrainConfig.status_every_s must be >= 0 (0: never), got {self.status_every_s}")
         if self.time_limit_s < 0:
@@ -205,6 +211,7 @@ class MetaTrainer:
         self.forward = forward
         self.read_metrics = read_metrics
         self.device = torch.device(config.device)
+        set_matmul_precision(config.precision, self.device)
         self.memory = memory.to(self.device)
         self.sample_batch = sample_batch
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -316,9 +323,10 @@ class MetaTrainer:
         """One meta-step: sample, write, read, backpropagate, guard, update."""
         self.memory.train()
         batch = self.sample_batch(self.generator)
-        out = self.memory(*batch) if self.forward is None else self.forward(self.memory, batch)
+        with autocast_context(self.config.precision, self.device):  # bf16: only the energy's products
+            out = self.memory(*batch) if self.forward is None else self.forward(self.memory, batch)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = out.loss
+        loss = out.loss.float()
         grad_norm = math.nan
         skipped = not torch.isfinite(loss)
         if not skipped:
@@ -490,8 +498,15 @@ class MetaTrainer:
         if self.run_dir is None:
             return None
         if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard not installed (a bare GPU machine): train and checkpoint without logs
+                if not getattr(self, "_warned_no_tensorboard", False):
+                    self._warned_no_tensorboard = True
+                    warnings.warn(
+                        "tensorboard is not installed: no TensorBoard logs (pip install tensorboard)", stacklevel=2
+                    )
+                return None
             self._writer = SummaryWriter(str(self.run_dir))
             rows = {**_plain(self.hparams), **dataclasses.asdict(self.config), "memory_size": self.memory.memory_size}
             table = "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in rows.items())

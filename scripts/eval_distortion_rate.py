@@ -349,6 +349,19 @@ def write_outputs(args: Args, rows: list[dict[str, Any]], metric: str, no_retrie
         for r in rows
         if r["memory_size"] == 0
     ]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:  # e.g. a bare GPU machine: the table and scores are the results, the plot is a view
+        print("matplotlib is not installed: distortion_rate.png not written (pip install matplotlib)")
+    else:
+        plot_distortion_rate(out, memories, metric, setting, [*paper, *measured, baseline])
+    summary = {"setting": setting, "metric": metric, "args": _plain(args), "no_retrieval": no_retrieval, "models": rows}
+    (out / "distortion_rate.json").write_text(json.dumps(summary, indent=1))
+    print(f"\n{table}\n\nwrote distortion_rate.md and .json (and .png with matplotlib) to {out}")
+
+
+def plot_distortion_rate(out: Path, memories: list[dict], metric: str, setting: str, references: list) -> None:
+    """``out/distortion_rate.png``: error against memory size with 5–95 bands and the reference points."""
     plot_errors(
         [r["memory_size"] for r in memories],
         memories,
@@ -357,11 +370,8 @@ def write_outputs(args: Args, rows: list[dict[str, Any]], metric: str, no_retrie
         ylabel=METRIC_LABELS[metric],
         title=f"Distortion-rate: {setting}",
         label=[f"{r['model']}, {r['training']}" for r in memories],
-        references=[*paper, *measured, baseline],
+        references=references,
     )
-    summary = {"setting": setting, "metric": metric, "args": _plain(args), "no_retrieval": no_retrieval, "models": rows}
-    (out / "distortion_rate.json").write_text(json.dumps(summary, indent=1))
-    print(f"\n{table}\n\nwrote distortion_rate.md, .png and .json to {out}")
 
 
 def _plain(args: Any) -> dict[str, Any]:

@@ -4,6 +4,14 @@ Example (CPU, about the budget reported in the README)::
 
     python scripts/meta_train_binary.py --num-patterns 64 --steps 4000 --threads 1   # 4.2 error bits, ~2 h
 
+Paper size (C.1: hidden 1024, 128·64 + 64 = 8256 writable floats) on a GPU, for 8 minutes of the process's CPU
+time (about its wall time while it waits on the GPU), TF32 matmuls::
+
+    python scripts/meta_train_binary.py --hidden-size 1024 --batch-size 256 --steps 1000000 --time-limit-min 8 \
+        --precision tf32 --device cuda --no-progress
+
+Batches are drawn on ``--device`` (the trainer's generator lives there).
+
 TensorBoard: ``tensorboard --logdir runs``. Resume a killed run with ``--resume --run-dir runs/<name>``.
 
 Figures: *error bits* count the wrong signs of a retrieved pattern over all ``dim`` bits (the ``dim -
@@ -30,6 +38,7 @@ from ebmm_rl.cli import check_device, usage_error
 from ebmm_rl.energy import GatedRNNConfig, GatedRNNEnergy
 from ebmm_rl.hopfield import HebbMemory, HopfieldConfig
 from ebmm_rl.memory import EBMMConfig, EBMMemory
+from ebmm_rl.precision import Precision
 from ebmm_rl.training import MetaTrainer, TrainConfig, TrainingDiverged
 
 
@@ -51,6 +60,11 @@ class Args:
     """episodes per meta-step"""
     steps: int = 3000
     """meta-steps in total"""
+    time_limit_min: float = 0.0
+    """stop after this many minutes of this process's CPU time in the training loop, then checkpoint and evaluate
+    (0: no limit)"""
+    precision: Precision = "fp32"
+    """fp32, tf32 (CUDA TF32 matmuls) or bf16 (autocast of the energy's products; updates stay fp32)"""
     lr: float = 1e-3
     """AdamW learning rate of the weights (paper: 5e-5 over 2e6 steps; 1e-3 learned fastest in a CPU sweep)"""
     schedule_lr: float = 1e-2
@@ -83,6 +97,10 @@ class Args:
     """steps between evaluations (0: only at the end)"""
     checkpoint_every: int = 100
     """steps between checkpoints"""
+    log_every: int = 10
+    """steps between TensorBoard scalars"""
+    status_every_s: float = 60.0
+    """with --no-progress, print a status line every this many seconds (0: never)"""
     seed: int = 0
     """seed of initialisation and batches"""
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
@@ -174,14 +192,22 @@ def main(args: Args) -> None:
             min_lr_ratio=args.min_lr_ratio,
             rollback_after=args.rollback_after,
             checkpoint_every=args.checkpoint_every,
+            log_every=args.log_every,
             eval_every=args.eval_every,
+            time_limit_s=60.0 * args.time_limit_min,
             seed=args.seed,
             device=args.device,
+            precision=args.precision,
             progress=args.progress,
+            status_every_s=args.status_every_s,
         )
     except ValueError as error:
         usage_error(str(error))
-    print(f"EBMM gated RNN: memory size {memory.memory_size} floats, run folder {run_dir}")
+    print(
+        f"EBMM gated RNN (hidden {args.hidden_size}): memory size {memory.memory_size} floats, N={args.num_patterns}, "
+        f"batch {args.batch_size}, {args.precision} on {args.device}, run folder {run_dir}",
+        flush=True,
+    )
     trainer = MetaTrainer(
         memory,
         make_sampler(args),
@@ -206,8 +232,8 @@ def main(args: Args) -> None:
     print(
         f"N={args.num_patterns}: {result['error_bits']:.2f} error bits "
         f"(p5 {result['error_bits_p5']:.2f}, p95 {result['error_bits_p95']:.2f}, {args.eval_batches} batches of "
-        f"{args.batch_size}) after {trainer.step} steps, {minutes:.1f} min this session on {args.device}; "
-        f"same batches: chance (query returned) {chance:.2f}, Hebb rule {hebb:.2f} error bits; "
+        f"{args.batch_size}) after {trainer.step} steps, {minutes:.1f} min this session on {args.device} "
+        f"({args.precision}); same batches: chance (query returned) {chance:.2f}, Hebb rule {hebb:.2f} error bits; "
         f"checkpoint {trainer.checkpoint_path} (best evaluation: {run_dir / 'best.pt'})"
     )
 

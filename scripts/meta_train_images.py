@@ -62,6 +62,7 @@ from ebmm_rl.energy import (
 )
 from ebmm_rl.image_eval import ImageEvaluator, match_images, metric_name, query_distortion
 from ebmm_rl.memory import EBMMConfig, EBMMemory
+from ebmm_rl.precision import Precision
 from ebmm_rl.training import CHECKPOINT_NAME, MetaTrainer, TrainConfig
 
 Dataset = Literal["omniglot", "cifar10", "imagenet64", "mnist"]
@@ -119,6 +120,9 @@ class Args:
     time_limit_min: float = 0.0
     """stop after this many minutes of this process's CPU time in the training loop, then checkpoint and evaluate
     (0: no limit)"""
+    precision: Precision = "fp32"
+    """fp32, tf32 (CUDA TF32 matmuls and convolutions) or bf16 (autocast of the energy's products; updates stay
+    fp32)"""
     lr: float = 1e-3
     """AdamW learning rate of the weights (paper: 5e-5 over 2e6 steps, far more than a CPU run has)"""
     schedule_lr: float = 1e-2
@@ -326,6 +330,7 @@ def train(args: Args, context: DistributedContext) -> None:
         time_limit_s=60.0 * args.time_limit_min,
         seed=args.seed,
         device=context.device,
+        precision=args.precision,
         progress=args.progress and context.is_main,
         status_every_s=args.status_every_s if context.is_main else 0.0,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
@@ -57,13 +58,68 @@ def test_bench_memory_prints_the_table():
         "scripts/bench_memory.py", "--batch-size", "2", "--binary-patterns", "2", "--conv-patterns", "1",
         "--repeats", "1", "--threads", "1",
     )  # fmt: skip
-    for model in ("binary", "conv"):
-        ms = {}
-        for mode in ("batched", "loop"):
-            row = next(ln.split() for ln in out.splitlines() if ln.startswith(model) and f" {mode} " in ln)
-            s_per_step, ms_per_episode, peak = map(float, row[4:7])
-            assert s_per_step > 0 and peak > 0
-            assert ms_per_episode == pytest.approx(1000 * s_per_step / 2, rel=0.02, abs=0.1)  # B = 2 episodes
-            ms[mode] = ms_per_episode
-        speedup = float(re.search(rf"{model}\s+batched is ([\d.]+)x", out).group(1))
-        assert speedup == pytest.approx(ms["loop"] / ms["batched"], rel=0.02)
+    rows = {}
+    for line in out.splitlines():
+        cells = line.split()
+        # model B N memory path mode precision wall-s CPU-s CPU-ms/episode GFLOP GFLOP/CPU-s %matmul [peak MiB]
+        if len(cells) >= 13 and cells[0] in ("binary", "conv", "mlp") and cells[1].isdigit():
+            cpu_s, ms_ep, gflop = map(float, cells[8:11])
+            rows[(cells[0], cells[4], cells[5])] = dict(cpu_s=cpu_s, ms_ep=ms_ep, gflop=gflop)
+    assert {m for m, _, _ in rows} == {"binary", "conv", "mlp"}
+    for row in rows.values():
+        assert row["cpu_s"] > 0 and row["gflop"] > 0
+        assert row["ms_ep"] == pytest.approx(1000 * row["cpu_s"] / 2, rel=0.02, abs=0.1)  # B = 2 episodes
+    for model, path in {(m, p) for m, p, _ in rows}:
+        pattern = rf"{model}\s+batched is ([\d.]+)x faster per episode than the loop \({path} path"
+        speedup = float(re.search(pattern, out).group(1))
+        ratio = rows[(model, path, "loop")]["ms_ep"] / rows[(model, path, "batched")]["ms_ep"]
+        assert speedup == pytest.approx(ratio, rel=0.02)
+    # the two paths do the same matmuls: equal FLOP counts within 2%
+    assert rows[("binary", "closed", "batched")]["gflop"] == pytest.approx(
+        rows[("binary", "autograd", "batched")]["gflop"], rel=0.02
+    )
+
+
+def test_bench_memory_peak_table_picks_the_card_and_precision():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_memory import peak_tflops_of
+
+    assert peak_tflops_of("NVIDIA H100 80GB HBM3", "tf32") == 494.5  # SXM: half the 989 TFLOP/s with sparsity
+    assert peak_tflops_of("NVIDIA H100 PCIe", "bf16") == 756.0
+    assert peak_tflops_of("NVIDIA H200", "fp32") == 67.0
+    assert math.isnan(peak_tflops_of("Some Other GPU", "fp32"))
+    assert peak_tflops_of("Some Other GPU", "fp32", override=10.0) == 10.0
+
+
+@pytest.mark.slow  # torch.compile takes about a minute here
+def test_eval_binary_compiled_gives_the_eager_table(tmp_path):
+    run_dir = tmp_path / "run"
+    run(
+        "scripts/meta_train_binary.py", "--num-patterns", "3", "--hidden-size", "72", "--batch-size", "2",
+        "--eval-batches", "1", "--eval-every", "0", "--no-progress", "--threads", "1", "--steps", "1",
+        "--run-dir", str(run_dir),
+    )  # fmt: skip
+    common = ["scripts/eval_binary.py", "--rules", "--ebmm", str(run_dir / "checkpoint.pt"), "--num-batches", "3"]
+    tables = [run(*common, *extra, "--patterns", "4", "8").split("wall time")[0] for extra in ([], ["--compile"])]
+    assert "| EBMM RNN (trained at N=3, 1 steps) |" in tables[0]
+    assert tables[0] == tables[1]
+
+
+def test_bench_memory_reports_a_combination_that_runs_out_of_memory_and_keeps_the_others(monkeypatch, capsys):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_memory
+
+    def peak(model, args, path, batched, precision):
+        if path == "autograd":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return 1.0
+
+    monkeypatch.setattr(bench_memory, "peak_memory_mib", peak)
+    args = bench_memory.Args(
+        models=["binary"], binary_hidden=72, binary_patterns=2, repeats=1, modes=["batched"], device="cpu"
+    )
+    rows = bench_memory.bench_model("binary", 2, args, torch.device("cpu"), "GFLOP/CPU-s")
+    by_path = {r["path"]: r for r in rows}
+    assert by_path["autograd"]["oom"] and not by_path["closed"]["oom"]
+    assert by_path["closed"]["wall_s"] > 0 and by_path["closed"]["peak_mib"] == 1.0
+    assert "autograd batched fp32: OOM" in capsys.readouterr().out
