@@ -164,6 +164,7 @@ def build_memory(spec: dict[str, Any], max_parameters: int = MAX_PARAMETERS) -> 
 
 
 def _build(spec: dict[str, Any]) -> nn.Module:
+    """Build the memory of ``spec``; checkpoints written before ``prior_anchor`` existed were trained with "initial"."""
     if "model" in spec:
         try:
             model_class, config_class = MODELS[spec["model"]]
@@ -175,7 +176,8 @@ def _build(spec: dict[str, Any]) -> nn.Module:
     except KeyError:
         raise ValueError(f"unknown energy {spec.get('energy')!r}; known: {sorted(ENERGIES)}") from None
     return EBMMemory(
-        energy_class(config_class(**_fields(spec["energy_config"]))), EBMMConfig(**_fields(spec["ebmm_config"]))
+        energy_class(config_class(**_fields(spec["energy_config"]))),
+        EBMMConfig(**{"prior_anchor": "initial", **_fields(spec["ebmm_config"])}),
     )
 
 

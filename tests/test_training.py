@@ -359,3 +359,11 @@ def test_stale_temporary_checkpoint_files_are_removed_on_start(tmp_path):
 def test_config_rejects_non_finite_or_negative_rates(field, value):
     with pytest.raises(ValueError, match=field):
         config(**{field: value})
+
+
+def test_specs_written_before_prior_anchor_existed_load_as_initial():
+    from ebmm_rl.checkpoint import build_memory, memory_spec
+
+    spec = memory_spec(tiny_memory())
+    del spec["ebmm_config"]["prior_anchor"]
+    assert build_memory(spec).config.prior_anchor == "initial"
