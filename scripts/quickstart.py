@@ -38,6 +38,8 @@ from agents.train import UsageError, usage_error, validate
 from agents.train import main as train
 
 PROG = "python scripts/quickstart.py"
+ROLLOUT = 8 * 128
+"""Env steps per rollout: 8 envs x 128 steps."""
 
 
 @dataclass
@@ -76,7 +78,7 @@ def train_args(args: Args, memory: str) -> TrainArgs:
         learning_rate=1e-3,
         n_epochs=10,
         net_arch=(),
-        eval_freq=max(args.total_timesteps // 4, 8),
+        eval_freq=max(args.total_timesteps // 4, ROLLOUT),  # 4 evaluations, at most one per rollout
         eval_episodes=50,
         run_root=args.run_root,
         progress_bar=args.progress_bar,

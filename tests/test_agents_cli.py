@@ -243,7 +243,7 @@ def test_quickstart_prints_the_table(tmp_path):
     for agent in ("mlp", "ebmm"):
         value = float(rows[agent].split("|")[2])
         assert 0.0 <= value <= 1.0 and value * 4 * 2 == round(value * 4 * 2)  # 4 episodes of 2 bits: k / 8
-        assert int(rows[agent].split("|")[3]) == 128  # 64 steps round up to one rollout of 8 envs x 128 steps
+        assert int(rows[agent].split("|")[3]) == 8 * 128  # 64 steps round up to one rollout of 8 envs x 128 steps
     assert float(rows["chance (best memoryless policy, exact)"].split("|")[2]) == 0.5  # half the bits, no memory
     assert float(rows["oracle (plays the answer, 4 episodes)"].split("|")[2]) == 1.0
     assert f"TensorBoard: tensorboard --logdir {tmp_path}" in result.stdout
