@@ -94,26 +94,36 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[BaseAlgorithm, Tr
     raise UsageError(f"{path}: none of {names} loads it ({'; '.join(errors)})")
 
 
-def _renders_rgb(env_name: str) -> bool:
-    spec = gym.spec(env_id(env_name).split(":", 1)[-1])
-    entry = spec.entry_point
-    cls = gym.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
-    modes = getattr(cls, "metadata", {}).get("render_modes", [])
-    return "rgb_array" in modes
+def _make_rendering(name: str) -> gym.Env | None:
+    """``gym.make(name, render_mode="rgb_array")`` if the env renders such frames, else ``None``."""
+    try:
+        env = gym.make(env_id(name), render_mode="rgb_array")
+    except (TypeError, ValueError, gym.error.Error):
+        return None
+    if env.render_mode != "rgb_array" or "rgb_array" not in env.metadata.get("render_modes", []):
+        env.close()
+        return None
+    return env
 
 
-def make_eval_env(train_args: TrainArgs, seed: int, video_dir: str | None = None) -> DummyVecEnv:
-    """One environment of ``train_args.env``, wrapped as in training, optionally recording videos."""
-    if video_dir is not None and not _renders_rgb(train_args.env):
+def make_eval_env(
+    train_args: TrainArgs, seed: int, video_dir: str | None = None, episodes: int | None = None
+) -> DummyVecEnv:
+    """One environment of ``train_args.env``, wrapped as in training, optionally recording the first ``episodes``.
+
+    (The vectorised env resets itself after the last evaluated episode; that one is not recorded.)
+    """
+    env = _make_rendering(train_args.env) if video_dir is not None else None
+    if video_dir is not None and env is None:
         print(f"{train_args.env} does not render rgb_array frames: no video recorded", file=sys.stderr)
         video_dir = None
-    env = gym.make(env_id(train_args.env), render_mode="rgb_array" if video_dir else None)
-    env = Monitor(env)
+    env = Monitor(env if env is not None else gym.make(env_id(train_args.env)))
     if video_dir is not None:
         from gymnasium.error import DependencyNotInstalled
 
         try:
-            env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda _: True, disable_logger=True)
+            trigger = (lambda _: True) if episodes is None else (lambda e: e < episodes)
+            env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=trigger, disable_logger=True)
         except DependencyNotInstalled as error:
             raise UsageError(f"--video-dir needs moviepy: pip install moviepy ({error})") from None
     env = wrap_env(env, train_args.memory, wrap_options(train_args))
@@ -135,7 +145,7 @@ def evaluate(args: Args) -> dict[str, Any]:
     changes = {k: v for k, v in dict(env=args.env, memory=args.memory).items() if v is not None}
     train_args = dataclasses.replace(train_args, **changes)
     check_env_id(train_args.env)
-    env = make_eval_env(train_args, args.seed, args.video_dir)
+    env = make_eval_env(train_args, args.seed, args.video_dir, args.episodes)
     if env.observation_space != model.observation_space:
         raise UsageError(
             f"{train_args.env} wrapped for --memory {train_args.memory} gives {env.observation_space}, but the model "

@@ -135,10 +135,11 @@ def main(args: Args) -> str:
     """Run the job and print the table and the TensorBoard command; returns the printed text."""
     torch.set_num_threads(args.threads)
     start, cpu = time.perf_counter(), time.process_time()
-    rows = run(args)
+    validate(train_args(args, args.agents[0] if args.agents else "mlp"))  # the env id, before playing it
     chance, _, oracle = reference_returns(args.env, args.eval_episodes)
     if math.isnan(chance):
         raise UsageError(f"{args.env} is not a memory probe (no chance or oracle return); use an ebmm/ probe")
+    rows = run(args)
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     text = "\n".join(
         [

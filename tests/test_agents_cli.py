@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import plot_curves  # noqa: E402
+import quickstart  # noqa: E402
 
 TINY = [
     "--env", "ebmm/DelayedRecall-Easy-v0", "--memory", "ebmm", "--n-envs", "2", "--vec-env", "dummy",
@@ -248,6 +249,21 @@ def test_quickstart_prints_the_table(tmp_path):
     assert float(rows["oracle (plays the answer, 4 episodes)"].split("|")[2]) == 1.0
     assert f"TensorBoard: tensorboard --logdir {tmp_path}" in result.stdout
     assert sorted(p.name.split("__")[1] for p in tmp_path.iterdir()) == ["ebmm", "mlp"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (dict(env="CartPole-v1"), "not a memory probe"),
+        (dict(total_timesteps=0), "--total-timesteps must be at least 1"),
+        (dict(agents=("mlp", "no-such")), "unknown --memory"),
+    ],
+)
+def test_quickstart_mistakes_stop_before_training(tmp_path, changes, message):
+    args = quickstart.Args(run_root=str(tmp_path / "runs"), **changes)
+    with pytest.raises(UsageError, match=message):
+        quickstart.main(args)
+    assert not (tmp_path / "runs").exists()
 
 
 # ------------------------------------------------------------------------------------------------------ curves
