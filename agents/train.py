@@ -35,6 +35,7 @@ Presets (rl-zoo3 style, ``agents/presets/<Family>.yml``, one entry per agent): t
 periodic checkpoint::
 
     python -m agents.train --preset KeyValueRecall-Medium/mlp --seed 1
+    python -m agents.train --preset DelayedRecall-Easy/ebmm   # the quickstart's EBMM agent
     python -m agents.train --preset DelayedRecall-Medium/mlp --checkpoint-freq 10000
     python -m agents.train --resume runs/<run> --total-timesteps 200000
     python -m agents.evaluate runs/<run>/model.zip --episodes 100

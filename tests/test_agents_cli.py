@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -21,6 +22,7 @@ from agents import train
 from agents.train import Args, UsageError, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
+FAMILIES = ("BinaryRecall", "KeyValueRecall", "ImageRecall", "Familiarity", "DelayedRecall")
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import plot_curves  # noqa: E402
@@ -62,13 +64,23 @@ def test_preset_values_land_in_args_and_flags_override_them():
 
 def test_every_preset_names_its_family_and_a_known_memory():
     names = train.preset_names()
-    assert len(names) == 5 * 4  # five families x (mlp, frame-stack, lstm, ebmm-meta)
+    medium = [f"{f}-Medium/{a}" for f in FAMILIES for a in ("mlp", "frame-stack", "lstm", "ebmm-meta")]
+    assert sorted(names) == sorted([*medium, "DelayedRecall-Easy/mlp", "DelayedRecall-Easy/ebmm"])
     for name in names:
         fields = train.load_preset(name)
         family_level, agent = name.split("/")
         assert fields["env"] == f"ebmm/{family_level}-v0"
         assert fields["memory"] == ("ebmm" if agent == "ebmm-meta" else agent)
         assert fields["memory"] in train.MEMORIES
+
+
+@pytest.mark.parametrize("memory", ["mlp", "ebmm"])
+def test_quickstart_agents_are_the_easy_presets(memory):
+    preset = dataclasses.asdict(parse_args(["--preset", f"DelayedRecall-Easy/{memory}"]))
+    used = dataclasses.asdict(quickstart.train_args(quickstart.Args(), memory))
+    assert preset.pop("preset") == f"DelayedRecall-Easy/{memory}" and used.pop("preset") is None
+    assert preset.pop("progress_bar") and not used.pop("progress_bar")  # the quickstart prints its own table
+    assert preset == used
 
 
 def test_preset_from_a_yaml_file(tmp_path):
