@@ -300,3 +300,24 @@ def test_learning_curves_mean_and_t_interval_over_seeds(tmp_path):
     assert mean == pytest.approx([(0.5 + 0.25 + 0.5) / 3, 0.75])
     assert ci[1] == pytest.approx(4.302652729906 * 0.25 / math.sqrt(3), rel=1e-9)
     assert (tmp_path / "c.png").stat().st_size > 0
+
+
+class _NoRender(gym.Env):
+    metadata = {"render_modes": []}
+    observation_space = gym.spaces.Box(-1, 1, (2,))
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, render_mode=None):
+        self.render_mode = render_mode
+
+
+def test_video_only_from_envs_that_render_rgb_arrays():
+    gym.register("test/NoRender-v0", entry_point=_NoRender)
+    try:
+        assert evaluate_module._make_rendering("test/NoRender-v0") is None
+    finally:
+        gym.registry.pop("test/NoRender-v0")
+    env = evaluate_module._make_rendering("ebmm/DelayedRecall-Easy-v0")
+    env.reset(seed=0)
+    frame = env.render()
+    assert frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8
