@@ -27,16 +27,36 @@ baseline memories ``memnet``, ``mann``, ``plasticity``, ``modern-hopfield``, ``l
     python -m agents.train --env ebmm/BinaryRecall-Easy-v0 --memory memnet
 
 TensorBoard: ``tensorboard --logdir runs``; a run is ``runs/{env}__{memory}__{seed}__{time}`` and holds the final
-``model.zip``, ``best_model.zip`` (best evaluation) and ``evaluations.npz``.
+``model.zip``, ``best_model.zip`` (best evaluation), ``evaluations.npz``, ``args.json`` (the run's :class:`Args` and
+algorithm, read by ``python -m agents.evaluate`` and ``--resume``) and, with ``--checkpoint-freq``, ``checkpoint.zip``.
+
+Presets (rl-zoo3 style, ``agents/presets/<Family>.yml``, one entry per agent): the settings of a table of
+``docs/rl_results.md`` as defaults, which explicit flags override; ``--resume`` continues a run from its last
+periodic checkpoint::
+
+    python -m agents.train --preset KeyValueRecall-Medium/mlp --seed 1
+    python -m agents.train --preset DelayedRecall-Easy/ebmm   # the quickstart's EBMM agent
+    python -m agents.train --preset DelayedRecall-Medium/mlp --checkpoint-freq 10000
+    python -m agents.train --resume runs/<run> --total-timesteps 200000
+    python -m agents.evaluate runs/<run>/model.zip --episodes 100
+
+A mistake on the command line (an unknown preset, memory or env id, ``--n-envs 0``, a negative budget) is a usage
+error (exit code 2), found before the run folder is created.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
+import importlib
 import importlib.util
+import json
+import os
+import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -45,11 +65,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 import tyro
+import yaml
 from gymnasium import spaces
 from gymnasium.wrappers import FrameStackObservation
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import EvalCallback
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import TensorBoardOutputFormat, configure
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
@@ -193,10 +214,31 @@ class Args:
     """discount factor"""
     ent_coef: float = 0.0
     """entropy bonus"""
+    gae_lambda: float | None = None
+    """GAE lambda (default: the algorithm's, PPO / RecurrentPPO 0.95, A2C 1.0)"""
+    clip_range: float | None = None
+    """PPO clipping range (default: PPO's, 0.2; not for A2C)"""
+    vf_coef: float | None = None
+    """value-loss weight (default: the algorithm's, 0.5)"""
+    max_grad_norm: float | None = None
+    """gradient-norm clipping (default: the algorithm's, 0.5)"""
+    target_kl: float | None = None
+    """PPO stops an update's epochs early when the approximate KL to the old policy passes 1.5 x this (default: no
+    limit; not for A2C)"""
     eval_freq: int = 10_000
     """environment steps (over all envs) between evaluations (0: no evaluation)"""
     eval_episodes: int = 20
     """episodes per evaluation (deterministic policy)"""
+    checkpoint_freq: int = 0
+    """environment steps (over all envs) between periodic checkpoints ``checkpoint.zip`` in the run folder, written
+    atomically, also at the end (0: none); ``--resume`` continues from it"""
+    preset: str | None = None
+    """defaults from a preset, ``<Family>-<Level>/<agent>`` of ``agents/presets/<Family>.yml`` (e.g.
+    ``KeyValueRecall-Medium/mlp``; ``PRESETS_DIR``) or a YAML file of Args fields; explicit flags override it"""
+    resume: str | None = None
+    """continue this run folder from its ``checkpoint.zip`` (its num_timesteps) to --total-timesteps, with the run's
+    own settings (``args.json``); only the budget, evaluation, checkpoint, progress-bar, thread and device flags may
+    change"""
     run_root: str = "runs"
     """folder of TensorBoard run folders"""
     progress_bar: bool = True
@@ -467,17 +509,38 @@ def build_model(args: Args, env: VecEnv) -> BaseAlgorithm:
         device=args.device,
         verbose=0,
     )
+    common.update({k: v for k in ("gae_lambda", "vf_coef", "max_grad_norm") if (v := getattr(args, k)) is not None})
+    if args.algo == "a2c" and not kind.recurrent:
+        if args.clip_range is not None or args.target_kl is not None:
+            raise ValueError("--clip-range and --target-kl are PPO settings; drop them or use --algo ppo")
+        return A2C(policy, env, policy_kwargs=policy_kwargs, **common)
+    ppo = dict(batch_size=args.batch_size, n_epochs=args.n_epochs, target_kl=args.target_kl)
+    if args.clip_range is not None:
+        ppo["clip_range"] = args.clip_range
     if kind.recurrent:
         if args.algo != "ppo":
             raise ValueError(f"--memory {args.memory} trains sb3-contrib's RecurrentPPO; use --algo ppo")
         from sb3_contrib import RecurrentPPO
 
-        return RecurrentPPO(
-            policy, env, batch_size=args.batch_size, n_epochs=args.n_epochs, policy_kwargs=policy_kwargs, **common
-        )
-    if args.algo == "a2c":
-        return A2C(policy, env, policy_kwargs=policy_kwargs, **common)
-    return PPO(policy, env, batch_size=args.batch_size, n_epochs=args.n_epochs, policy_kwargs=policy_kwargs, **common)
+        return RecurrentPPO(policy, env, policy_kwargs=policy_kwargs, **ppo, **common)
+    return PPO(policy, env, policy_kwargs=policy_kwargs, **ppo, **common)
+
+
+def algorithm_name(args: Args) -> str:
+    """``RecurrentPPO``, ``A2C`` or ``PPO``: the class :func:`build_model` trains for ``args``."""
+    return "RecurrentPPO" if memory_kind(args.memory).recurrent else {"ppo": "PPO", "a2c": "A2C"}[args.algo]
+
+
+def algorithm_class(name: str) -> type[BaseAlgorithm]:
+    """The SB3 class called ``name`` (``PPO``, ``A2C``, or sb3-contrib's ``RecurrentPPO``)."""
+    if name == "RecurrentPPO":
+        from sb3_contrib import RecurrentPPO
+
+        return RecurrentPPO
+    classes: dict[str, type[BaseAlgorithm]] = {"PPO": PPO, "A2C": A2C}
+    if name not in classes:
+        raise ValueError(f"unknown algorithm {name!r}; expected PPO, A2C or RecurrentPPO")
+    return classes[name]
 
 
 def run_name(args: Args) -> str:
@@ -489,41 +552,290 @@ def _write_queries(args: Args) -> bool:
     return args.write_queries if args.write_queries is not None else "Familiarity" in args.env
 
 
+PRESETS_DIR = Path(__file__).parent / "presets"
+"""Folder of the presets: ``<Family>.yml`` maps ``<Family>-<Level>/<agent>`` names to :class:`Args` fields."""
+
+RESUME_FIELDS = frozenset(
+    {"total_timesteps", "eval_freq", "eval_episodes", "checkpoint_freq", "progress_bar", "threads", "device", "resume"}
+)
+"""Fields that ``--resume`` may change; every other one is the run's own (``args.json``)."""
+
+CHECKPOINT, SIDECAR = "checkpoint.zip", "args.json"
+"""File names in a run folder: the periodic checkpoint and the run's settings (:func:`write_sidecar`)."""
+
+
+class UsageError(ValueError):
+    """A command-line mistake: :func:`cli` prints it as a usage error and exits with code 2."""
+
+
+def preset_names() -> list[str]:
+    """Every ``<Family>-<Level>/<agent>`` preset of :data:`PRESETS_DIR`."""
+    names = []
+    for file in sorted(PRESETS_DIR.glob("*.yml")):
+        entries = yaml.safe_load(file.read_text()) or {}
+        names += [name for name in entries if not name.startswith(".")]  # ".common": YAML anchors only
+    return names
+
+
+def _args_fields(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """``values`` checked against :class:`Args` (lists become tuples)."""
+    if not isinstance(values, dict):
+        raise UsageError(f"{source} must be a mapping of Args fields, not {type(values).__name__}")
+    names = {f.name for f in dataclasses.fields(Args)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise UsageError(f"{source}: unknown fields {unknown}; the fields are agents.train.Args's: {sorted(names)}")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The :class:`Args` fields of preset ``name``: ``<Family>-<Level>/<agent>`` or the path of a YAML mapping.
+
+    Raises:
+        UsageError: no such preset, or fields that :class:`Args` does not have.
+    """
+    if name.endswith((".yml", ".yaml")):
+        if not Path(name).is_file():
+            raise UsageError(f"--preset {name}: no such file")
+        values = yaml.safe_load(Path(name).read_text()) or {}
+    else:
+        family = name.split("-")[0].split("/")[0]
+        file = PRESETS_DIR / f"{family}.yml"
+        entries = yaml.safe_load(file.read_text()) if file.is_file() else {}
+        if name not in (entries or {}):
+            raise UsageError(f"unknown preset {name!r}; choose among {preset_names()} or give a .yml file")
+        values = entries[name]
+    fields = _args_fields(values, f"preset {name}")
+    if "preset" in fields or "resume" in fields:
+        raise UsageError(f"preset {name} may not set preset or resume")
+    return fields
+
+
+def _args_from_dict(values: dict[str, Any], source: str) -> Args:
+    return dataclasses.replace(Args(), **_args_fields(values, source))
+
+
+def write_sidecar(run_dir: Path, args: Args) -> None:
+    """Write ``run_dir/args.json`` (atomically): the algorithm's class name and ``args``, for evaluation and resume."""
+    record = dict(algo=algorithm_name(args), args=dataclasses.asdict(args))
+    tmp = run_dir / f"{SIDECAR}.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, run_dir / SIDECAR)
+
+
+def read_sidecar(run_dir: str | Path) -> tuple[str, Args]:
+    """``(algorithm name, Args)`` of a run folder written by :func:`main`.
+
+    Raises:
+        UsageError: the folder has no ``args.json``.
+    """
+    file = Path(run_dir) / SIDECAR
+    if not file.is_file():
+        raise UsageError(f"{file} not found: {run_dir} is not a run folder of agents.train")
+    record = json.loads(file.read_text())
+    return record["algo"], _args_from_dict(record["args"], str(file))
+
+
+def check_env_id(name: str) -> None:
+    """Raise :class:`UsageError` unless ``name`` is a registered gymnasium id (``module:`` prefixes imported)."""
+    try:
+        full = env_id(name)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if ":" in full:
+        module, full = full.split(":", 1)
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise UsageError(f"--env {name}: cannot import {module} ({error})") from None
+    try:
+        gym.spec(full)
+    except gym.error.Error as error:
+        raise UsageError(f"unknown --env {name!r} ({error}); see docs/envs.md for this project's ids") from None
+
+
+def validate(args: Args) -> None:
+    """Check ``args`` before anything is created.
+
+    Raises:
+        UsageError: the first mistake found, saying what to give instead.
+    """
+    if args.memory not in MEMORIES:
+        raise UsageError(f"unknown --memory {args.memory!r}; choose among {sorted(MEMORIES)}")
+    check_env_id(args.env)
+    positive = ("total_timesteps", "n_envs", "n_steps", "batch_size", "n_epochs", "threads")
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name in ("eval_freq", "checkpoint_freq", "frame_stack"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be 0 (off) or positive, got {getattr(args, name)}")
+    if args.eval_freq > 0 and args.eval_episodes < 1:
+        raise UsageError(f"--eval-episodes must be at least 1 with --eval-freq > 0, got {args.eval_episodes}")
+    if args.learning_rate <= 0:
+        raise UsageError(f"--learning-rate must be positive, got {args.learning_rate}")
+    if not 0 <= args.gamma <= 1:
+        raise UsageError(f"--gamma must lie in [0, 1], got {args.gamma}")
+    recurrent = MEMORIES[args.memory].recurrent
+    if recurrent and args.algo != "ppo":
+        raise UsageError(f"--memory {args.memory} trains sb3-contrib's RecurrentPPO; use --algo ppo")
+    if args.algo == "a2c" and not recurrent and (args.clip_range is not None or args.target_kl is not None):
+        raise UsageError("--clip-range and --target-kl are PPO settings; drop them or use --algo ppo")
+    if args.memory_checkpoint is not None and not Path(args.memory_checkpoint).is_file():
+        raise UsageError(
+            f"--memory-checkpoint {args.memory_checkpoint}: no such file (a meta-training checkpoint: "
+            "scripts/meta_train_env.py --env <id> --run-root <folder> makes one)"
+        )
+    if args.memory_checkpoint is not None and args.memory_budget is not None:
+        raise UsageError("--memory-budget sizes a fresh memory; it cannot be combined with --memory-checkpoint")
+    if args.resume is not None:
+        _check_resumable(args.resume)
+        _, stored = read_sidecar(args.resume)
+        changed = [
+            f"--{f.name.replace('_', '-')} (run: {getattr(stored, f.name)!r}, given: {getattr(args, f.name)!r})"
+            for f in dataclasses.fields(Args)
+            if f.name not in RESUME_FIELDS and getattr(stored, f.name) != getattr(args, f.name)
+        ]
+        if changed:
+            raise UsageError(f"--resume continues the run with its own settings; these differ: {', '.join(changed)}")
+
+
+def _check_resumable(run_dir: str) -> None:
+    if not (Path(run_dir) / CHECKPOINT).is_file():
+        raise UsageError(f"--resume {run_dir}: no {CHECKPOINT} there (train with --checkpoint-freq N)")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Args:
+    """:class:`Args` from the command line: defaults, then a preset (or a resumed run's settings), then the flags.
+
+    ``--preset`` / ``--resume`` are read first (their values become the defaults that tyro then shows and that
+    explicit flags override), then everything is parsed again with tyro and checked (:func:`validate`).
+
+    Raises:
+        UsageError: an unknown preset, a resumed folder that is no run, or a value :func:`validate` rejects.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    first.add_argument("--preset")
+    first.add_argument("--resume")
+    known, _ = first.parse_known_args(argv)
+    defaults = Args()
+    if known.resume is not None:
+        if known.preset is not None:
+            raise UsageError("--resume continues a run with its own settings; drop --preset")
+        _check_resumable(known.resume)
+        _, defaults = read_sidecar(known.resume)
+    elif known.preset is not None:
+        defaults = dataclasses.replace(defaults, **load_preset(known.preset))
+    args = tyro.cli(Args, args=argv, default=defaults, prog="python -m agents.train")
+    validate(args)
+    return args
+
+
+def usage_error(message: str, prog: str = "python -m agents.train") -> None:
+    """Print ``message`` as argparse does (``usage`` line, then ``error:``) and exit with code 2."""
+    print(f"usage: {prog} [--help] [OPTIONS]\n{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+class CheckpointCallback(BaseCallback):
+    """Save the model to ``path`` every ``every`` environment steps (and at the end), atomically, if finite.
+
+    The file is written beside and then renamed (``os.replace``), so a killed run keeps its previous checkpoint; a
+    model with a non-finite weight is not saved (a warning says so) and the previous checkpoint stays.
+    """
+
+    def __init__(self, path: str | Path, every: int) -> None:
+        super().__init__()
+        self.path, self.every, self._last = Path(path), every, 0
+
+    def _on_training_start(self) -> None:
+        self._last = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps - self._last >= self.every:
+            self._last = self.num_timesteps
+            save_atomically(self.model, self.path)
+        return True
+
+    def _on_training_end(self) -> None:
+        save_atomically(self.model, self.path)
+
+
+def save_atomically(model: BaseAlgorithm, path: str | Path) -> bool:
+    """``model.save(path)`` through a temporary file and a rename; refuses (warns, returns False) non-finite weights."""
+    path = Path(path)
+    if not all(bool(torch.isfinite(p).all()) for p in model.policy.parameters()):
+        warnings.warn(f"not saving {path}: the policy has non-finite weights", RuntimeWarning, stacklevel=2)
+        return False
+    tmp = path.with_name(f"{path.stem}.tmp.zip")
+    model.save(tmp)
+    os.replace(tmp, path)
+    return True
+
+
+def _restore_evaluations(callback: EvalCallback, run_dir: Path, until: int) -> None:
+    """Give a resumed run's EvalCallback the evaluations up to step ``until`` (so evaluations.npz keeps them)."""
+    file = run_dir / "evaluations.npz"
+    if not file.is_file():
+        return
+    with np.load(file) as data:
+        keep = data["timesteps"] <= until
+        callback.evaluations_timesteps = [int(t) for t in data["timesteps"][keep]]
+        callback.evaluations_results = [list(r) for r in data["results"][keep]]
+        callback.evaluations_length = [list(n) for n in data["ep_lengths"][keep]]
+    if callback.evaluations_results:
+        callback.best_mean_reward = float(max(np.mean(r) for r in callback.evaluations_results))
+
+
 def main(args: Args) -> BaseAlgorithm:
-    """Train, evaluate periodically, log to TensorBoard and save the model; returns the trained agent."""
-    memory_kind(args.memory)  # fail before creating the run folder
+    """Train, evaluate periodically, log to TensorBoard and save the model; returns the trained agent.
+
+    Raises:
+        UsageError: ``args`` fails :func:`validate` (nothing is created then).
+    """
+    validate(args)  # fail before creating the run folder
     torch.set_num_threads(args.threads)
-    run_dir = Path(args.run_root) / run_name(args)
+    run_dir = Path(args.resume) if args.resume else Path(args.run_root) / run_name(args)
     run_dir.mkdir(parents=True, exist_ok=True)
     env = make_env(args)
-    model = build_model(args, env)
+    if args.resume:
+        model = algorithm_class(algorithm_name(args)).load(run_dir / CHECKPOINT, env=env, device=args.device)
+        print(f"resuming {run_dir} from step {model.num_timesteps}")
+    else:
+        model = build_model(args, env)
+    write_sidecar(run_dir, args)
     model.set_logger(configure(str(run_dir), ["stdout", "tensorboard"]))
     _log_hyperparameters(model, args)
 
-    callbacks = []
+    callbacks: list[BaseCallback] = []
     eval_env = None
     if args.eval_freq > 0:
         eval_env = make_env(args, n_envs=1, seed=args.seed + 10_000)
-        callbacks.append(
-            EvalCallback(
-                eval_env,
-                n_eval_episodes=args.eval_episodes,
-                eval_freq=max(args.eval_freq // args.n_envs, 1),
-                log_path=str(run_dir),
-                best_model_save_path=str(run_dir),
-                deterministic=True,
-                verbose=0,
-            )
+        evaluation = EvalCallback(
+            eval_env,
+            n_eval_episodes=args.eval_episodes,
+            eval_freq=max(args.eval_freq // args.n_envs, 1),
+            log_path=str(run_dir),
+            best_model_save_path=str(run_dir),
+            deterministic=True,
+            verbose=0,
         )
+        if args.resume:
+            _restore_evaluations(evaluation, run_dir, model.num_timesteps)
+        callbacks.append(evaluation)
+    if args.checkpoint_freq > 0:
+        callbacks.append(CheckpointCallback(run_dir / CHECKPOINT, args.checkpoint_freq))
     if isinstance(getattr(model.policy, "features_extractor", None), EBMMExtractor):
         callbacks.append(MemoryLoggerCallback())  # memory/... curves in TensorBoard
     progress = args.progress_bar and all(importlib.util.find_spec(m) is not None for m in ("rich", "tqdm"))
     if args.progress_bar and not progress:
         print("progress bar off: it needs the rich and tqdm packages (pip install rich tqdm)")
     start = time.time()
-    model.learn(args.total_timesteps, callback=callbacks, progress_bar=progress)
+    remaining = max(args.total_timesteps - model.num_timesteps, 0)
+    model.learn(remaining, callback=callbacks, progress_bar=progress, reset_num_timesteps=not args.resume)
     elapsed = time.time() - start
-    model.save(run_dir / "model.zip")
+    save_atomically(model, run_dir / "model.zip")
 
     base = gym.make(env_id(args.env)).unwrapped
     summary = f"{args.env} {args.memory}: {model.num_timesteps} steps in {elapsed:.1f} s"
@@ -537,6 +849,15 @@ def main(args: Args) -> BaseAlgorithm:
     if eval_env is not None:
         eval_env.close()
     return model
+
+
+def cli(argv: Sequence[str] | None = None) -> BaseAlgorithm:
+    """``python -m agents.train``: :func:`parse_args` then :func:`main`; a :class:`UsageError` exits with code 2."""
+    try:
+        args = parse_args(argv)
+    except UsageError as error:
+        usage_error(str(error))
+    return main(args)
 
 
 def _log_hyperparameters(model: BaseAlgorithm, args: Args) -> None:
@@ -554,4 +875,4 @@ def _log_hyperparameters(model: BaseAlgorithm, args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli()

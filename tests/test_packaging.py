@@ -37,9 +37,11 @@ def test_wheel_holds_license_py_typed_and_the_progress_bar_dependencies(tmp_path
         license_name = next(n for n in names if n.endswith("/LICENSE"))
         license_text = archive.read(license_name).decode()
     assert "ebmm_rl/py.typed" in names and "envs/py.typed" in names
+    assert "agents/presets/KeyValueRecall.yml" in names  # agents.train --preset on an installed package
     assert license_text.startswith("MIT License") and "the ebmm_rl authors" in license_text
     assert metadata["License"] == "MIT"
     required = {re.match(r"[A-Za-z0-9_.-]+", r).group() for r in metadata.get_all("Requires-Dist")}
+    assert {"pyyaml"} <= required  # the presets' reader
     assert {"rich", "tqdm"} <= required  # what stable_baselines3.common.callbacks.ProgressBarCallback imports
 
 
