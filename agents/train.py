@@ -681,6 +681,21 @@ def validate(args: Args) -> None:
         raise UsageError(f"--memory {args.memory} trains sb3-contrib's RecurrentPPO; use --algo ppo")
     if args.algo == "a2c" and not recurrent and (args.clip_range is not None or args.target_kl is not None):
         raise UsageError("--clip-range and --target-kl are PPO settings; drop them or use --algo ppo")
+    if args.device != "auto":
+        try:
+            device = torch.device(args.device)
+        except (RuntimeError, ValueError):
+            raise UsageError(f"--device {args.device!r} is not a torch device; use cpu, cuda or auto") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError(
+                f"--device {args.device}: this torch build or machine has no CUDA device; use --device cpu"
+            )
+    for name in ("max_patterns", "pattern_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if not args.aux_coef >= 0:
+        raise UsageError(f"--aux-coef must be a number >= 0, got {args.aux_coef}")
     if args.memory_checkpoint is not None and not Path(args.memory_checkpoint).is_file():
         raise UsageError(
             f"--memory-checkpoint {args.memory_checkpoint}: no such file (a meta-training checkpoint: "

@@ -13,6 +13,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 import yaml
 from stable_baselines3.common.save_util import load_from_zip_file
 
@@ -106,6 +107,10 @@ def test_preset_from_a_yaml_file(tmp_path):
         (["--memory", "lstm", "--algo", "a2c"], "RecurrentPPO"),
         (["--algo", "a2c", "--clip-range", "0.1"], "PPO settings"),
         (["--memory-checkpoint", "/no/such/file.pt"], "no such file"),
+        (["--device", "no-such-device"], "not a torch device"),
+        (["--max-patterns", "0"], "--max-patterns must be at least 1"),
+        (["--aux-coef", "-1"], "--aux-coef must be"),
+        *([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA device")]),
     ],
 )
 def test_cli_mistakes_exit_2_before_creating_anything(tmp_path, capsys, argv, message):
