@@ -323,7 +323,7 @@ def test_self_supervised_meta_training_lowers_its_loss_on_a_foreign_env():
 
     def held_loss() -> float:
         torch.manual_seed(5)  # the same distortions each time
-        return float(forward(memory, batch).loss)
+        return float(forward(memory, batch).loss.detach())
 
     before = held_loss()
     optimizer = torch.optim.Adam(memory.parameters(), lr=3e-3)
