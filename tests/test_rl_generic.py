@@ -25,10 +25,10 @@ TINY = dict(n_steps=16, batch_size=16, n_epochs=1)
 
 
 # ------------------------------------------------------------------------------------------------------ rows
-@pytest.mark.parametrize("name", sorted(SPACES))
+@pytest.mark.parametrize("name", sorted(SPACES) + ["discrete_start", "multidiscrete_start"])
 def test_row_flattening_follows_gymnasium(name):
     """The row before the mapping is gymnasium's own ``spaces.flatten`` (the independent reference)."""
-    space = SPACES[name]
+    space = {**SPACES, **OFFSET_SPACES}[name]
     layout = RowLayout(space)
     space.seed(3)
     for _ in range(5):
@@ -49,9 +49,17 @@ def test_row_mapping_by_hand():
     np.testing.assert_allclose(first[-3:], [-1.0, -1.0, 0.0], atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["box", "unbounded", "image", "discrete", "multidiscrete", "multibinary", "dict"])
+OFFSET_SPACES = {
+    "discrete_start": spaces.Discrete(4, start=-2),
+    "multidiscrete_start": spaces.MultiDiscrete([3, 2], start=[5, -1]),
+}
+
+
+@pytest.mark.parametrize(
+    "name", ["box", "unbounded", "image", "discrete", "multidiscrete", "multibinary", "dict", *OFFSET_SPACES]
+)
 def test_torch_rows_equal_numpy_rows(name):
-    space = SPACES[name]
+    space = {**SPACES, **OFFSET_SPACES}[name]
     layout = RowLayout(space)
     space.seed(0)
     observations = [space.sample() for _ in range(4)]
