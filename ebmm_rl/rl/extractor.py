@@ -311,8 +311,7 @@ class EBMMExtractor(HistoryFeaturesExtractor):
         """Patterns written by gradient-free calls (the cached path), since construction."""
         self.last_aux_loss: float | None = None
         """The auxiliary reconstruction loss of the last update batch (``aux_coef > 0``)."""
-        self.last_read: dict[str, float] = {}
-        """Statistics of the last batch of reads (``MemoryLoggerCallback``)."""
+        self._last_read: tuple[Tensor, Tensor, Tensor | None] | None = None
         self._build_head(observation_space, net_arch)
         self._cache.clear()
 
@@ -452,11 +451,24 @@ class EBMMExtractor(HistoryFeaturesExtractor):
             "similarities": lambda: similarity_features(retrieved, patterns, lengths),
         }
         features = torch.cat([parts[name]() for name in self.features], dim=1)
-        with torch.no_grad():  # what MemoryLoggerCallback reports
-            self.last_read = {"read_change": float((retrieved - query).pow(2).sum(dim=1).mean())}
-            if energies:
-                self.last_read["energy_query"], self.last_read["energy_retrieved"] = energies[0].mean(0).tolist()
+        # kept detached for MemoryLoggerCallback, reduced only when it asks (last_read): nothing added to the hot path
+        self._last_read = (retrieved.detach(), query.detach(), energies[0].detach() if energies else None)
         return features
+
+    @property
+    def last_read(self) -> dict[str, float]:
+        """Statistics of the last batch of reads (for ``MemoryLoggerCallback``).
+
+        ``read_change`` (mean ‖retrieved − query‖²) and, if the ``energies`` part is computed, ``energy_query``
+        and ``energy_retrieved`` (their means).
+        """
+        if self._last_read is None:
+            return {}
+        retrieved, query, energies = self._last_read
+        out = {"read_change": float((retrieved - query).pow(2).sum(dim=1).mean())}
+        if energies is not None:
+            out["energy_query"], out["energy_retrieved"] = energies.mean(0).tolist()
+        return out
 
     def aux_loss(self, patterns: Tensor, valid: Tensor, state: MemoryState) -> Tensor | None:
         """The auxiliary reconstruction loss: read one stored pattern per episode back from a distorted copy.
