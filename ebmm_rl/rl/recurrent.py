@@ -202,10 +202,7 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
                 steps.append(memory_state)
                 memory_state = ext.memory.write(patterns[:, t : t + 1], memory_state, create_graph=create_graph)
         # Reads do not depend on each other: one batched read over every (sequence, step), sequence-major.
-        stacked = MemoryState(
-            {n: torch.stack([s.fast_weights[n] for s in steps], 1).flatten(0, 1) for n in memory_state.fast_weights},
-            torch.stack([s.num_written for s in steps], 1).flatten(),
-        )  # [n_seq * T, ...]
+        stacked = _stack_steps(steps)  # [n_seq * T, ...]
         if ext.mode == "history":
             stored = patterns.flatten(0, 1) if "similarities" in ext.features else None  # [n_seq * T, L, P]
             features = ext.read_features(queries, stacked, phase, stored, lengths.flatten())
@@ -230,10 +227,7 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
             return features
         # Step t (t >= 1, not an episode start) holds row t - 1; its memory is steps[t].
         valid = ~starts[:, 1:]  # [n_seq, T - 1]
-        stacked = MemoryState(
-            {n: torch.stack([s.fast_weights[n] for s in steps[1:]], 1).flatten(0, 1) for n in steps[0].fast_weights},
-            torch.stack([s.num_written for s in steps[1:]], 1).flatten(),
-        )  # [n_seq * (T - 1), ...]
+        stacked = _stack_steps(steps[1:])  # [n_seq * (T - 1), ...]
         previous = patterns[:, :-1].reshape(n_seq * (T - 1), 1, -1)  # [n_seq * (T - 1), 1, P]
         loss = ext.aux_loss(previous, valid.reshape(-1, 1), stacked)
         return features if loss is None else inject_loss(features, loss, ext.aux_coef)
@@ -280,3 +274,11 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
         if isinstance(self.action_space, spaces.MultiBinary):  # the recurrent buffer hands them over as int8
             actions = actions.float()
         return self.value_net(latent_vf), distribution.log_prob(actions), distribution.entropy()
+
+
+def _stack_steps(steps: list[MemoryState]) -> MemoryState:
+    """The memories of ``T`` steps of ``n_seq`` sequences as one batch of ``n_seq * T`` episodes, sequence-major."""
+    return MemoryState(
+        {n: torch.stack([s.fast_weights[n] for s in steps], 1).flatten(0, 1) for n in steps[0].fast_weights},
+        torch.stack([s.num_written for s in steps], 1).flatten(),
+    )
