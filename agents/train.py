@@ -193,9 +193,9 @@ class Args:
     whose answer is a position)"""
     features: tuple[str, ...] | None = None
     """feature parts of a memory extractor, in order (``ebmm_rl.rl.FEATURE_PARTS``: retrieved, energies, query,
-    phase, similarities; baselines have no energies). Default: ``TASK_FEATURES`` of the env family (ImageRecall:
-    similarities, energies, phase; BinaryRecall: retrieved, phase), else the extractor's (every part but
-    similarities)"""
+    phase, similarities; baselines have no energies). Default under the probe protocol: ``TASK_FEATURES`` of the env
+    family (ImageRecall: similarities, energies, phase; BinaryRecall: retrieved, phase), else the extractor's (every
+    part but similarities)"""
     frame_stack: int = 0
     """observations stacked by ``--memory frame-stack`` (0: the episode length, so the whole episode is visible)"""
     lstm_hidden_size: int = 64
@@ -317,7 +317,8 @@ def _feature_kwargs(args: Args, energies: bool) -> dict[str, Any]:
     """``similarities`` and ``features`` of a memory extractor (see ``Args.features`` and :data:`TASK_FEATURES`)."""
     if args.features is not None:
         return dict(similarities=bool(args.similarities), features=args.features)
-    family = next((f for f in TASK_FEATURES if f in args.env), None)
+    # TASK_FEATURES name parts of the probe protocol (``phase``); the generic protocol has none of them
+    family = None if args.protocol == "generic" else next((f for f in TASK_FEATURES if f in args.env), None)
     if family is None or (family == "ImageRecall" and args.similarities is False):
         return dict(similarities=bool(args.similarities))
     features = tuple(n for n in TASK_FEATURES[family] if energies or n != "energies")

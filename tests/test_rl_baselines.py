@@ -306,3 +306,11 @@ def test_agents_on_image_recall_default_to_the_position_features():
     )
     single = replace(plain, n_envs=2, vec_env="dummy")
     assert type(make_agent_env(single)).__name__ == "DummyVecEnv"
+
+
+@pytest.mark.parametrize("family", ["ImageRecall", "BinaryRecall"])
+def test_the_generic_protocol_drops_the_probe_feature_parts(family):
+    """The generic protocol's observation has no ``phase``: the family's parts would not build (the sweep's crash)."""
+    args = replace(Args(), env=f"ebmm/{family}-Easy-v0", protocol="generic", n_steps=8, batch_size=8)
+    extractor = build_model(args, make_agent_env(args)).policy.features_extractor
+    assert "phase" not in extractor.features
