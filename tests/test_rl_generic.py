@@ -366,6 +366,73 @@ def test_memory_callback_logs_the_memory_tags(tmp_path):
         PPO("MlpPolicy", SpaceEnv(SPACES["box"]), **TINY).learn(16, callback=MemoryLoggerCallback())
 
 
+def _probe_tags(tmp_path, model) -> dict[str, float]:
+    import csv
+
+    from stable_baselines3.common.logger import configure
+
+    from ebmm_rl.rl.callbacks import MemoryLoggerCallback
+
+    model.set_logger(configure(str(tmp_path), ["csv"]))
+    model.learn(32, callback=MemoryLoggerCallback())
+    (last,) = list(csv.DictReader((tmp_path / "progress.csv").open()))[-1:]
+    return {k: float(v) for k, v in last.items() if k.startswith("memory/") and v}
+
+
+def test_memory_callback_probes_the_truth_where_the_task_has_one(tmp_path):
+    probe = _probe_tags(tmp_path / "probe", PPO(EBMMPolicy, EpisodeMemoryWrapper(gym.make("ebmm/BinaryRecall-Easy-v0")),
+                                                  **TINY))  # fmt: skip
+    for tag in ("truth_error", "truth_error_query", "energy_stored", "energy_distorted", "recall_error",
+                "recall_error_query"):  # fmt: skip
+        assert np.isfinite(probe[f"memory/{tag}"]), tag
+    raw = _probe_tags(tmp_path / "raw", RecurrentPPO(EBMMRecurrentPolicy, gym.make("CartPole-v1"), **TINY))
+    assert "memory/recall_error" in raw and not any("truth" in k for k in raw)  # no truth on a foreign env
+    generic = EpisodeMemoryWrapper(gym.make("ebmm/BinaryRecall-Easy-v0"), protocol="generic", max_patterns=8)
+    assert not any("truth" in k for k in _probe_tags(tmp_path / "generic", PPO(EBMMPolicy, generic, **TINY)))
+
+
+def test_truth_probe_query_error_by_hand():
+    """With the identity encoder the query's error is the plain mean of (query - target)² over the sampler's rows."""
+    from ebmm_rl.rl.callbacks import truth_probe
+    from ebmm_rl.rl.env_meta import EnvRecallSampler
+
+    sampler = EnvRecallSampler("ebmm/BinaryRecall-Easy-v0")
+    history, lengths, queries, targets = sampler.sample(8, torch.Generator().manual_seed(0)).as_tuple()
+    model = PPO(EBMMPolicy, EpisodeMemoryWrapper(gym.make("ebmm/BinaryRecall-Easy-v0")), **TINY)
+    out = truth_probe(model.policy.features_extractor, history, lengths, queries, targets)
+    q, t = queries.numpy(), targets.numpy()
+    assert out["memory/truth_error_query"] == pytest.approx(float(np.mean((q - t) ** 2)), rel=1e-6)
+    assert out["memory/truth_error_query"] > 0  # the queries are distorted copies
+
+
+def test_experience_probe_energies_equal_a_loop_over_episodes():
+    """Padded batch vs one unpadded episode at a time, written with the memory's own write (chunks of 1)."""
+    from ebmm_rl.rl.callbacks import experience_probe
+
+    model = PPO(EBMMPolicy, EpisodeMemoryWrapper(SpaceEnv(SPACES["box"]), max_patterns=5), **TINY)
+    extractor = model.policy.features_extractor
+    P = extractor.pattern_size
+    patterns = torch.rand(3, 5, P, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    lengths = torch.tensor([5, 2, 0])
+    out = experience_probe(extractor, patterns, lengths, torch.Generator().manual_seed(2))
+    memory, energies = extractor.memory, []
+    for b in range(2):  # the empty episode is left out
+        state = memory.initial_state(1)
+        for i in range(int(lengths[b])):
+            state = memory.write(patterns[b : b + 1, i : i + 1], state, create_graph=False)
+        with torch.no_grad():
+            energies.extend(memory.energy(patterns[b : b + 1, : int(lengths[b])], state.fast_weights)[0].tolist())
+    assert out["memory/energy_stored"] == pytest.approx(float(np.mean(energies)), rel=1e-5)
+
+
+def test_episode_segments_by_hand():
+    from ebmm_rl.rl.callbacks import _episode_segments
+
+    starts = np.array([[1, 0], [0, 1], [0, 0], [1, 0], [0, 0]])  # [T, n_envs]
+    assert _episode_segments(starts, window=5) == [(0, 3), (1, 5)]
+    assert _episode_segments(starts, window=2) == [(1, 3), (3, 5)]
+
+
 def test_pretrained_memory_travels_inside_model_zip(tmp_path):
     """meta_train_env.py (self-supervised, with a learned encoder) -> agents.train -> delete the checkpoint -> load."""
     root = Path(__file__).resolve().parents[1]
