@@ -188,6 +188,10 @@ class Args:
     """pattern size of a learned EBMM encoder"""
     aux_coef: float = 0.0
     """weight of EBMM's auxiliary reconstruction loss during RL updates (0: none)"""
+    bptt_steps: int | None = None
+    """ebmm-recurrent on raw observations: backpropagate each read through its last k writes only, from the state
+    the rollout stored (trained by ``EBMMRecurrentPPO``: k batched writes per update instead of a sequential chain);
+    unset: through the whole sequence (``RecurrentPPO``)"""
     similarities: bool | None = None
     """add the retrieved pattern's similarity to each stored one to the features (default: only for ImageRecall,
     whose answer is a position)"""
@@ -359,7 +363,10 @@ def _ebmm_policy(args: Args, space: spaces.Space) -> tuple[str | type, dict[str,
 def _ebmm_recurrent_policy(args: Args, space: spaces.Space) -> tuple[str | type, dict[str, Any]]:
     from ebmm_rl.rl.recurrent import EBMMRecurrentPolicy  # needs sb3-contrib
 
-    return EBMMRecurrentPolicy, dict(features_extractor_kwargs=_ebmm_extractor_kwargs(args))
+    kwargs: dict[str, Any] = dict(features_extractor_kwargs=_ebmm_extractor_kwargs(args))
+    if args.bptt_steps is not None:
+        kwargs["bptt_steps"] = args.bptt_steps
+    return EBMMRecurrentPolicy, kwargs
 
 
 def _baseline_policy(name: str, args: Args, space: spaces.Space) -> tuple[str | type, dict[str, Any]]:
@@ -521,26 +528,30 @@ def build_model(args: Args, env: VecEnv) -> BaseAlgorithm:
     if kind.recurrent:
         if args.algo != "ppo":
             raise ValueError(f"--memory {args.memory} trains sb3-contrib's RecurrentPPO; use --algo ppo")
-        from sb3_contrib import RecurrentPPO
-
-        return RecurrentPPO(policy, env, policy_kwargs=policy_kwargs, **ppo, **common)
+        return algorithm_class(algorithm_name(args))(policy, env, policy_kwargs=policy_kwargs, **ppo, **common)
     return PPO(policy, env, policy_kwargs=policy_kwargs, **ppo, **common)
 
 
 def algorithm_name(args: Args) -> str:
-    """``RecurrentPPO``, ``A2C`` or ``PPO``: the class :func:`build_model` trains for ``args``."""
-    return "RecurrentPPO" if memory_kind(args.memory).recurrent else {"ppo": "PPO", "a2c": "A2C"}[args.algo]
+    """``RecurrentPPO``, ``EBMMRecurrentPPO``, ``A2C`` or ``PPO``: the class :func:`build_model` trains for ``args``."""
+    if memory_kind(args.memory).recurrent:
+        return "EBMMRecurrentPPO" if args.bptt_steps is not None else "RecurrentPPO"
+    return {"ppo": "PPO", "a2c": "A2C"}[args.algo]
 
 
 def algorithm_class(name: str) -> type[BaseAlgorithm]:
-    """The SB3 class called ``name`` (``PPO``, ``A2C``, or sb3-contrib's ``RecurrentPPO``)."""
+    """The SB3 class called ``name`` (``PPO``, ``A2C``, sb3-contrib's ``RecurrentPPO``, ``EBMMRecurrentPPO``)."""
     if name == "RecurrentPPO":
         from sb3_contrib import RecurrentPPO
 
         return RecurrentPPO
+    if name == "EBMMRecurrentPPO":
+        from ebmm_rl.rl.recurrent import EBMMRecurrentPPO
+
+        return EBMMRecurrentPPO
     classes: dict[str, type[BaseAlgorithm]] = {"PPO": PPO, "A2C": A2C}
     if name not in classes:
-        raise ValueError(f"unknown algorithm {name!r}; expected PPO, A2C or RecurrentPPO")
+        raise ValueError(f"unknown algorithm {name!r}; expected PPO, A2C, RecurrentPPO or EBMMRecurrentPPO")
     return classes[name]
 
 
@@ -697,6 +708,11 @@ def validate(args: Args) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if not args.aux_coef >= 0:
         raise UsageError(f"--aux-coef must be a number >= 0, got {args.aux_coef}")
+    if args.bptt_steps is not None:
+        if args.memory != "ebmm-recurrent":
+            raise UsageError(f"--bptt-steps applies to --memory ebmm-recurrent, not {args.memory}; drop it")
+        if args.bptt_steps < 1:
+            raise UsageError(f"--bptt-steps must be at least 1, got {args.bptt_steps}")
     if args.memory_checkpoint is not None and not Path(args.memory_checkpoint).is_file():
         raise UsageError(
             f"--memory-checkpoint {args.memory_checkpoint}: no such file (a meta-training checkpoint: "

@@ -62,7 +62,7 @@ class Args:
     """AdamW learning rate of step sizes, momenta and loss weights"""
     eval_batches: int = 200
     """random batches of ``batch_size`` episodes per evaluation (fixed seed: every model sees the same ones)"""
-    prior_anchor: Literal["initial", "previous"] = "initial"
+    prior_anchor: Literal["initial", "previous"] = "previous"
     """where the writing loss's prior pulls each chunk: θ̄ (the paper) or the memory before the chunk"""
     seed: int = 0
     """seed of initialisation, meta-training batches and evaluation batches"""

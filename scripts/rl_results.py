@@ -64,7 +64,8 @@ class Args:
     envs: tuple[str, ...] = MEDIUM
     """environment ids (one table row each)"""
     agents: tuple[str, ...] = ("mlp", "frame-stack", "lstm", "ebmm")
-    """agents: ``--memory`` choices of agents.train (one table column each)"""
+    """agents: ``--memory`` choices of agents.train, or ebmm-meta, ebmm-recurrent-pre, ebmm-recurrent-tbptt (one
+    table column each)"""
     seeds: tuple[int, ...] = (0, 1, 2)
     """seeds of agent and environments"""
     steps: int = 5000
@@ -125,6 +126,9 @@ META_AGENT = "ebmm-meta"
 PRETRAINED_AGENT = "ebmm-recurrent-pre"
 """``ebmm-recurrent`` whose memory (and encoder) start from a self-supervised ``scripts/meta_train_env.py`` run on the
 env (its own random-policy episodes, no labels) and keep learning from the RL loss."""
+TBPTT_AGENT = "ebmm-recurrent-tbptt"
+"""``ebmm-recurrent`` trained by ``EBMMRecurrentPPO`` with ``--bptt-steps 1``: each read's gradient goes through the
+last write only, from the state the rollout stored."""
 META_DESCRIPTION = "PPO + EBMMExtractor, memory meta-trained on the env's episodes, then frozen"
 """What :data:`META_AGENT` is, in one line (the plot's legend)."""
 
@@ -135,6 +139,8 @@ def agent_description(agent: str) -> str:
         return META_DESCRIPTION
     if agent == PRETRAINED_AGENT:
         return "RecurrentPPO + EBMM, memory pre-trained self-supervised on the env's own episodes (no labels)"
+    if agent == TBPTT_AGENT:
+        return "EBMMRecurrentPPO + EBMM, gradient through each read's last write (stored rollout states)"
     try:
         return memory_kind(agent).description
     except ValueError:
@@ -148,6 +154,8 @@ def meta_checkpoint(meta_dir: str | Path, env_id: str) -> Path:
 
 def agent_args(env_id: str, agent: str, meta_dir: str | Path = "runs") -> dict[str, Any]:
     """``agents.train.Args`` fields of ``agent``: a ``--memory`` choice, or :data:`META_AGENT`."""
+    if agent == TBPTT_AGENT:
+        return dict(memory="ebmm-recurrent", bptt_steps=1)
     if agent not in (META_AGENT, PRETRAINED_AGENT):
         memory_kind(agent)
         return dict(memory=agent)

@@ -32,8 +32,11 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 from gymnasium import spaces
+from sb3_contrib import RecurrentPPO
+from sb3_contrib.common.recurrent.buffers import RecurrentDictRolloutBuffer, RecurrentRolloutBuffer
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.distributions import Distribution
@@ -47,7 +50,7 @@ from ebmm_rl.memory import MemoryState
 from ebmm_rl.rl.extractor import EBMMExtractor, _lengths, inject_loss
 from ebmm_rl.rl.rows import RowsBox, check_model_observation
 
-__all__ = ["EBMMRecurrentPolicy"]
+__all__ = ["EBMMRecurrentPPO", "EBMMRecurrentPolicy"]
 
 State = tuple[Tensor, Tensor]
 """``(hidden [1, n, memory_size], cell [1, n, memory_size])``: ``θ − θ̄`` and the count of written patterns."""
@@ -61,6 +64,14 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
     ``ebmm``, ``encoder``, ``pattern_size``, ``freeze_memory``, ``net_arch``, ``aux_coef``; on the probes also
     ``similarities``; ``chunk_size`` must be 1). There is no LSTM: the MLP heads (``net_arch``) sit on the memory
     features.
+
+    ``bptt_steps`` (raw observations only) truncates the gradient of an update: ``None`` backpropagates every read
+    through every write since the start of its minibatch sequence (as RecurrentPPO does for an LSTM, ``T``
+    sequential writes with a graph); ``k`` backpropagates each read through the last ``k`` writes before it
+    only. The memory before those ``k`` writes is computed first without a graph, with the current weights, and
+    enters as a constant deviation from ``θ̄`` (as the sequence's stored start state does). The ``k`` writes then
+    run for every step of the minibatch at once, as ``k`` batched writes instead of ``T`` sequential ones. The
+    features are the same for every ``bptt_steps``; only the gradient changes. Measured in ``docs/rl.md``.
 
     Raises:
         ValueError: ``share_features_extractor=False``, a features extractor other than :class:`EBMMExtractor`,
@@ -87,7 +98,12 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
         normalize_images: bool = True,
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
+        bptt_steps: int | None = None,
     ) -> None:
+        if bptt_steps is not None and (
+            isinstance(bptt_steps, bool) or not isinstance(bptt_steps, int) or bptt_steps < 1
+        ):
+            raise ValueError(f"bptt_steps must be None (the whole sequence) or an int >= 1, got {bptt_steps!r}")
         if not share_features_extractor:
             raise ValueError("EBMMRecurrentPolicy keeps one memory for the actor and the critic: use the default "
                              "share_features_extractor=True")  # fmt: skip
@@ -124,6 +140,10 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
             optimizer_class,
             optimizer_kwargs,
         )
+        if bptt_steps is not None and self.features_extractor.mode != "rows":
+            raise ValueError("bptt_steps applies to the raw-observation route; on EpisodeMemoryWrapper's probe "
+                             "protocol leave it None")  # fmt: skip
+        self.bptt_steps = bptt_steps
         self.memory_size = self.features_extractor.memory.memory_size
         self.lstm_hidden_state_shape = (1, 1, self.memory_size)  # predict() starts from zeros of this shape: θ̄
 
@@ -157,7 +177,9 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
         cell[:, 0] = memory_state.num_written.to(delta.dtype)
         return delta.unsqueeze(0), cell.unsqueeze(0)
 
-    def unroll(self, obs: Any, state: State, episode_starts: Tensor) -> tuple[Tensor, State]:
+    def unroll(
+        self, obs: Any, state: State, episode_starts: Tensor, step_states: State | None = None
+    ) -> tuple[Tensor, State]:
         """Features of a batch of sequences and the state after them.
 
         Args:
@@ -166,6 +188,9 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
             state: the state before the first step of each sequence, ``[1, n_seq, S]`` each.
             episode_starts: ``[n_seq * T]`` 1 where a new episode starts (the memory is reset to ``θ̄`` before that
                 step).
+            step_states: optional, the state before every step, ``[1, n_seq * T, S]`` each, as the rollout stored
+                it (:class:`EBMMRecurrentPPO`); used with ``bptt_steps`` during updates instead of recomputing the
+                chain of writes.
 
         Returns:
             ``(features [n_seq * T, features_dim], state after the last step)``.
@@ -175,7 +200,6 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
         starts = episode_starts.reshape(n_seq, -1) > 0.5  # [n_seq, T]
         create_graph = ext.needs_graph()
         memory_state = self._to_memory(state)
-        theta_bar = ext.memory.initial_state(n_seq)
         if ext.mode == "history":
             pre = preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images)
             lengths = _lengths(pre["history_len"], ext.max_patterns).reshape(n_seq, -1)  # [n_seq, T]
@@ -186,21 +210,29 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
             queries = ext.encode(ext.rows(obs))  # [n_seq * T, P]
             patterns = queries.reshape(n_seq, -1, queries.shape[-1])  # [n_seq, T, P]
             phase = None
+        ext.memory.check_patterns(patterns.reshape(patterns.shape[0], -1, patterns.shape[-1]), "encoded rows")
+        if ext.mode == "rows" and create_graph and self.bptt_steps is not None:
+            if step_states is None:
+                chain, memory_state = self._chain(patterns, starts, memory_state)
+            else:  # the rollout's stored state of every step (EBMMRecurrentPPO); the state after is not needed
+                chain = self._reset(self._to_memory(step_states), starts.reshape(-1))
+            stacked = self._truncated_steps(patterns, starts, chain, self.bptt_steps)
+            features = ext.read_features(queries, stacked)
+            if ext.aux_coef > 0:
+                features = self._with_aux_loss(features, patterns, starts, stacked)
+            return ext.head(features), self._from_memory(memory_state)
         steps: list[MemoryState] = []  # the memory each step reads from
         for t in range(starts.shape[1]):
             if bool(starts[:, t].any()):  # reset: θ̄ and nothing written
-                reset = starts[:, t]
-                fast = {
-                    n: torch.where(reset.view(-1, *[1] * (w.dim() - 1)), theta_bar.fast_weights[n], w)
-                    for n, w in memory_state.fast_weights.items()
-                }
-                memory_state = MemoryState(fast, torch.where(reset, 0, memory_state.num_written))
+                memory_state = self._reset(memory_state, starts[:, t])
             if ext.mode == "history":  # the rows stored since the last step, then read
                 memory_state = ext.write_new(patterns[:, t], lengths[:, t], memory_state, create_graph)
                 steps.append(memory_state)
             else:  # read with this step's row from the earlier steps' memory, then write the row
                 steps.append(memory_state)
-                memory_state = ext.memory.write(patterns[:, t : t + 1], memory_state, create_graph=create_graph)
+                memory_state = ext.memory.write(
+                    patterns[:, t : t + 1], memory_state, create_graph=create_graph, check=False
+                )
         # Reads do not depend on each other: one batched read over every (sequence, step), sequence-major.
         stacked = _stack_steps(steps)  # [n_seq * T, ...]
         if ext.mode == "history":
@@ -209,17 +241,88 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
         else:
             features = ext.read_features(queries, stacked)
         if ext.aux_coef > 0 and create_graph and ext.mode == "rows":
-            features = self._with_aux_loss(features, patterns, starts, steps)
+            features = self._with_aux_loss(features, patterns, starts, stacked)
         return ext.head(features), self._from_memory(memory_state)
 
-    def _with_aux_loss(self, features: Tensor, patterns: Tensor, starts: Tensor, steps: list[MemoryState]) -> Tensor:
+    def _reset(self, memory_state: MemoryState, reset: Tensor) -> MemoryState:
+        """``memory_state`` with the episodes where ``reset`` ([n] bool) holds set back to ``θ̄`` and nothing written."""
+        theta_bar = self.features_extractor.memory.energy.memory_parameters()
+        fast = {
+            n: torch.where(reset.view(-1, *[1] * (w.dim() - 1)), theta_bar[n].unsqueeze(0), w)
+            for n, w in memory_state.fast_weights.items()
+        }
+        return MemoryState(fast, torch.where(reset, 0, memory_state.num_written))
+
+    def _chain(self, patterns: Tensor, starts: Tensor, initial: MemoryState) -> tuple[MemoryState, MemoryState]:
+        """Without a graph, the memory every step reads from (after its reset) and the memory after the last step.
+
+        Args:
+            patterns: ``[n_seq, T, P]`` encoded rows.
+            starts: ``[n_seq, T]`` bool, an episode starts at that step.
+            initial: the memory before step 0 of each sequence.
+
+        Returns:
+            ``(memories [n_seq * T] sequence-major, the memory after the last step)``.
+        """
+        memory = self.features_extractor.memory
+        with torch.no_grad():
+            chain, state = [], initial
+            for t in range(patterns.shape[1]):
+                if bool(starts[:, t].any()):
+                    state = self._reset(state, starts[:, t])
+                chain.append(state)
+                state = memory.write(patterns[:, t : t + 1], state, create_graph=False, check=False)
+        return _stack_steps(chain), state
+
+    def _truncated_steps(self, patterns: Tensor, starts: Tensor, chain: MemoryState, k: int) -> MemoryState:
+        """The memory each step reads from, with gradients through its last ``k`` writes only (``bptt_steps``).
+
+        Args:
+            patterns: ``[n_seq, T, P]`` encoded rows.
+            starts: ``[n_seq, T]`` bool, an episode starts at that step (the memory is reset before it).
+            chain: ``[n_seq * T]`` sequence-major, the memory each step reads from, without a graph (after the
+                step's reset): recomputed by :meth:`_chain`, or stored by the rollout (:class:`EBMMRecurrentPPO`).
+            k: writes with a graph per read.
+
+        Returns:
+            ``[n_seq * T]`` sequence-major: step ``t`` reads from rows ``max(t - k, 0) .. t - 1`` written with a
+            graph onto ``θ̄ + const``, ``const`` the deviation of ``chain`` at step ``max(t - k, 0)``, with the
+            episode resets in between (and at ``t``).
+        """
+        memory = self.features_extractor.memory
+        n_seq, T, _ = patterns.shape
+        theta_bar = memory.energy.memory_parameters()
+        t_flat = torch.arange(T, device=patterns.device).repeat(n_seq)  # [n_seq * T]
+        seq_offset = torch.arange(n_seq, device=patterns.device).repeat_interleave(T) * T  # [n_seq * T]
+        base_t = (t_flat - k).clamp(min=0)  # the step each read's chain starts from
+        base = seq_offset + base_t
+        fast = {n: theta_bar[n].unsqueeze(0) + (w[base] - theta_bar[n]).detach() for n, w in chain.fast_weights.items()}
+        current = MemoryState(fast, chain.num_written[base])
+        starts_flat = starts.reshape(-1)
+        flat_patterns = patterns.reshape(n_seq * T, -1)
+        for j in range(k):
+            r = t_flat - k + j  # the row this round writes, for every (sequence, step)
+            valid = r >= base_t  # rows before a chain's start (t < k) are not written
+            index = seq_offset + r.clamp(min=0)
+            reset = valid & (r > base_t) & starts_flat[index]  # an episode starts at row r
+            if bool(reset.any()):
+                current = self._reset(current, reset)
+            rows = flat_patterns[index].unsqueeze(1)  # [n_seq * T, 1, P]
+            current = memory.write(rows, current, pattern_mask=valid.unsqueeze(1), create_graph=True, check=False)
+        at_start = starts_flat & (t_flat > base_t)  # the reading step itself begins an episode
+        if bool(at_start.any()):
+            current = self._reset(current, at_start)
+        return current
+
+    def _with_aux_loss(self, features: Tensor, patterns: Tensor, starts: Tensor, stacked: MemoryState) -> Tensor:
         """Add the extractor's auxiliary loss: at each step, read back the previous step's pattern (just written).
 
         Args:
             features: ``[n_seq * T, F]``.
             patterns: ``[n_seq, T, P]`` this batch's encoded rows.
             starts: ``[n_seq, T]`` episode starts.
-            steps: the memory each step reads from (``steps[t]`` holds the rows before ``t``).
+            stacked: the memory each step reads from, ``[n_seq * T]`` sequence-major (step ``t`` holds the rows
+                before ``t``).
         """
         ext: EBMMExtractor = self.features_extractor  # type: ignore[assignment]
         n_seq, T, _ = patterns.shape
@@ -227,7 +330,8 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
             return features
         # Step t (t >= 1, not an episode start) holds row t - 1; its memory is steps[t].
         valid = ~starts[:, 1:]  # [n_seq, T - 1]
-        stacked = _stack_steps(steps[1:])  # [n_seq * (T - 1), ...]
+        later = (torch.arange(n_seq * T, device=patterns.device) % T) >= 1  # steps t >= 1
+        stacked = MemoryState({n: w[later] for n, w in stacked.fast_weights.items()}, stacked.num_written[later])
         previous = patterns[:, :-1].reshape(n_seq * (T - 1), 1, -1)  # [n_seq * (T - 1), 1, P]
         loss = ext.aux_loss(previous, valid.reshape(-1, 1), stacked)
         return features if loss is None else inject_loss(features, loss, ext.aux_coef)
@@ -267,13 +371,76 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
     def evaluate_actions(
         self, obs: dict[str, Tensor], actions: Tensor, lstm_states: RNNStates, episode_starts: Tensor
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Values, log-probabilities and entropy of ``actions`` (PPO update, gradients through the sequence)."""
-        features, _ = self.unroll(obs, lstm_states.pi, episode_starts)
+        """Values, log-probabilities and entropy of ``actions`` (PPO update, gradients through the sequence).
+
+        :class:`EBMMRecurrentPPO`'s buffer hands over the stored state of every step in ``lstm_states.vf`` (the
+        critic shares the actor's memory, so that slot is free); it is used with ``bptt_steps``.
+        """
+        step_states = None
+        if self.bptt_steps is not None and lstm_states.vf[0].shape[1] == episode_starts.numel():
+            step_states = lstm_states.vf
+        features, _ = self.unroll(obs, lstm_states.pi, episode_starts, step_states)
         latent_pi, latent_vf = self.mlp_extractor(features)
         distribution = self._get_action_dist_from_latent(latent_pi)
         if isinstance(self.action_space, spaces.MultiBinary):  # the recurrent buffer hands them over as int8
             actions = actions.float()
         return self.value_net(latent_vf), distribution.log_prob(actions), distribution.entropy()
+
+
+class _StepStates:
+    """Rollout-buffer mixin: samples carry the stored state of every step in ``lstm_states.vf``."""
+
+    def _get_samples(self, batch_inds: np.ndarray, env_change: np.ndarray, env: Any = None) -> Any:
+        samples = super()._get_samples(batch_inds, env_change, env)  # type: ignore[misc]
+        size = self.hidden_states_pi.shape[-1]  # type: ignore[attr-defined]
+        hidden = self.pad(self.hidden_states_pi[batch_inds]).reshape(1, -1, size)  # type: ignore[attr-defined]
+        cell = self.pad(self.cell_states_pi[batch_inds]).reshape(1, -1, size)  # type: ignore[attr-defined]
+        return samples._replace(lstm_states=RNNStates(samples.lstm_states.pi, (hidden, cell)))
+
+
+class _StepStatesBuffer(_StepStates, RecurrentRolloutBuffer):
+    pass
+
+
+class _StepStatesDictBuffer(_StepStates, RecurrentDictRolloutBuffer):
+    pass
+
+
+class EBMMRecurrentPPO(RecurrentPPO):
+    """``RecurrentPPO`` whose updates start each read's truncated gradient from the state the rollout stored.
+
+    With ``EBMMRecurrentPolicy(bptt_steps=k)`` (the default here: ``k = 1``) an update needs the memory before
+    every step. Plain ``RecurrentPPO`` keeps only each sequence's first state, so the policy recomputes the others
+    by ``T`` sequential writes without a graph; this class's rollout buffer keeps every step's state (RecurrentPPO
+    stores it anyway) and hands it over, so that an update is ``k`` batched writes with a graph and no sequential
+    chain. The stored states come from the weights of the rollout, up to ``n_epochs`` updates old (the "stored
+    state" of recurrent replay in R2D2, Kapturowski et al. 2019); the chain recomputed by plain RecurrentPPO uses
+    the current weights. Takes RecurrentPPO's arguments.
+    """
+
+    def __init__(self, policy: Any = None, env: Any = None, *args: Any, **kwargs: Any) -> None:
+        policy = EBMMRecurrentPolicy if policy is None else policy
+        policy_kwargs = dict(kwargs.pop("policy_kwargs", None) or {})
+        policy_kwargs.setdefault("bptt_steps", 1)
+        super().__init__(policy, env, *args, policy_kwargs=policy_kwargs, **kwargs)
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        if not isinstance(self.policy, EBMMRecurrentPolicy):
+            raise ValueError(f"EBMMRecurrentPPO needs EBMMRecurrentPolicy, got {type(self.policy).__name__}")
+        old = self.rollout_buffer
+        cls = _StepStatesDictBuffer if isinstance(old, RecurrentDictRolloutBuffer) else _StepStatesBuffer
+        lstm = self.policy.lstm_actor
+        self.rollout_buffer = cls(
+            self.n_steps,
+            self.observation_space,
+            self.action_space,
+            (self.n_steps, lstm.num_layers, self.n_envs, lstm.hidden_size),
+            self.device,
+            gamma=self.gamma,
+            gae_lambda=self.gae_lambda,
+            n_envs=self.n_envs,
+        )
 
 
 def _stack_steps(steps: list[MemoryState]) -> MemoryState:
