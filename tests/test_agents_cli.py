@@ -110,6 +110,8 @@ def test_preset_from_a_yaml_file(tmp_path):
         (["--device", "no-such-device"], "not a torch device"),
         (["--max-patterns", "0"], "--max-patterns must be at least 1"),
         (["--aux-coef", "-1"], "--aux-coef must be"),
+        (["--memory", "ebmm", "--bptt-steps", "1"], "--bptt-steps applies to --memory ebmm-recurrent"),
+        (["--memory", "ebmm-recurrent", "--bptt-steps", "0"], "--bptt-steps must be at least 1"),
         *([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA device")]),
     ],
 )
@@ -193,6 +195,16 @@ def test_ppo_knobs_reach_the_model():
         0.9, 0.1, 0.25, 2.0, 0.02)  # fmt: skip
     a2c = train.build_model(parse_args(["--algo", "a2c", "--memory", "mlp"]), train.make_env(Args(memory="mlp")))
     assert a2c.gae_lambda == 1.0  # unset knobs keep the algorithm's own default
+
+
+def test_bptt_steps_trains_with_ebmm_recurrent_ppo():
+    argv = ["--env", "ebmm/CartPole-NoVel-v1", "--memory", "ebmm-recurrent", "--bptt-steps", "2", "--n-steps", "16",
+            "--batch-size", "16"]  # fmt: skip
+    args = parse_args(argv)
+    model = train.build_model(args, train.make_env(args))
+    assert type(model).__name__ == "EBMMRecurrentPPO" and model.policy.bptt_steps == 2
+    assert train.algorithm_class(train.algorithm_name(args)) is type(model)  # what agents.evaluate loads it with
+    model.learn(32)
 
 
 # --------------------------------------------------------------------------------------------------- evaluate

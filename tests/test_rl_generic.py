@@ -17,6 +17,7 @@ from sb3_contrib import RecurrentPPO
 from stable_baselines3 import PPO
 
 from ebmm_rl import EBMMPolicy, EBMMRecurrentPolicy, EpisodeMemoryWrapper, RowObservation
+from ebmm_rl.memory import MemoryState
 from ebmm_rl.rl.encoders import RowEncoder
 from ebmm_rl.rl.rows import RowLayout
 from tests.generic_envs import SPACES, SpaceEnv
@@ -238,6 +239,104 @@ def test_recurrent_route_writes_each_step_once_and_reads_before_writing():
             memory = ext.memory.write(patterns[:, t : t + 1], memory)
     torch.testing.assert_close(features, torch.cat(expected))
     assert int(final[1][0, 0, 0]) == 5  # five rows written
+
+
+def _truncated_reference_grads(policy, obs, state, starts, k):
+    """Loop by loop: each step's memory without a graph, then its last ``k`` writes again with a graph, then read."""
+    ext = policy.features_extractor
+    memory = ext.memory
+    theta_bar = memory.energy.memory_parameters()
+    patterns = ext.encode(ext.rows(obs)).unsqueeze(0)  # [1, T, P] (one sequence)
+    T = patterns.shape[1]
+    with torch.no_grad():  # chain[t]: the memory step t reads from
+        chain, m = [], policy._to_memory(state)
+        for t in range(T):
+            if starts[t] > 0.5:
+                m = memory.initial_state(1)
+            chain.append(m)
+            m = memory.write(patterns[:, t : t + 1], m, create_graph=False)
+    policy.zero_grad()
+    features = []
+    for t in range(T):
+        begin = max(t - k, 0)
+        m = MemoryState({n: theta_bar[n] + (w - theta_bar[n]).detach() for n, w in chain[begin].fast_weights.items()},
+                        chain[begin].num_written)  # fmt: skip
+        for r in range(begin, t):
+            if r > begin and starts[r] > 0.5:
+                m = memory.initial_state(1)
+            m = memory.write(patterns[:, r : r + 1], m, create_graph=True)
+        if t > begin and starts[t] > 0.5:
+            m = memory.initial_state(1)
+        features.append(ext.head(ext.read_features(patterns[:, t], m)))
+    torch.cat(features).pow(2).sum().backward()
+    return {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_truncated_backpropagation_equals_a_loop_by_loop_reference(k):
+    """``bptt_steps=k``: every read backpropagates through its last k writes only; an episode starts inside."""
+    env = SpaceEnv(SPACES["box"], length=6)
+    policy = RecurrentPPO(EBMMRecurrentPolicy, env, policy_kwargs=dict(bptt_steps=k), **TINY).policy
+    obs = torch.as_tensor(np.stack([env.observation_space.sample() for _ in range(6)]))
+    state = (0.01 * torch.randn(1, 1, policy.memory_size), torch.full((1, 1, policy.memory_size), 3.0))
+    starts = torch.tensor([0.0, 0, 0, 1, 0, 0])
+    expected = _truncated_reference_grads(policy, obs, state, starts, k)
+    policy.zero_grad()
+    features, _ = policy.unroll(obs, state, starts)
+    features.pow(2).sum().backward()
+    got = {n: p.grad for n, p in policy.named_parameters() if p.grad is not None}
+    assert got.keys() == expected.keys()
+    for name in expected:
+        scale = float(expected[name].abs().max())  # float32: batched and looped sums round differently
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=2e-5 * scale, msg=name)
+    full = RecurrentPPO(EBMMRecurrentPolicy, env, policy_kwargs=dict(bptt_steps=None), **TINY).policy
+    full.load_state_dict(policy.state_dict())
+    full.zero_grad()
+    full.unroll(obs, state, starts)[0].pow(2).sum().backward()
+    differs = any(not torch.allclose(p.grad, got[n], rtol=1e-3) for n, p in full.named_parameters() if n in got)
+    assert differs  # the truncation changes the gradient (the sequence is longer than k)
+
+
+def test_ebmm_recurrent_ppo_hands_the_stored_state_of_every_step_to_the_update(tmp_path):
+    """Right after a rollout the stored states are the chain the policy would recompute: the same gradients."""
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from ebmm_rl.rl.recurrent import EBMMRecurrentPPO
+
+    model = EBMMRecurrentPPO(env=make_vec_env(lambda: SpaceEnv(SPACES["box"], length=5), n_envs=3, seed=0),
+                             n_steps=8, batch_size=24, n_epochs=1, seed=0)  # fmt: skip
+    assert model.policy.bptt_steps == 1
+    _, callback = model._setup_learn(24, None)
+    callback.on_training_start(locals(), globals())
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=8)
+    data = next(model.rollout_buffer.get(24))
+    assert data.lstm_states.vf[0].shape[1] == data.episode_starts.numel()  # one state per (sequence, step)
+    policy, mask = model.policy, data.mask
+
+    def grads(step_states):
+        policy.zero_grad()
+        features, _ = policy.unroll(data.observations, data.lstm_states.pi, data.episode_starts, step_states)
+        (features.pow(2).sum(1) * mask).sum().backward()  # padded steps are masked out, as PPO's loss does
+        return {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+
+    stored, recomputed = grads(data.lstm_states.vf), grads(None)
+    for name in recomputed:
+        scale = float(recomputed[name].abs().max())
+        torch.testing.assert_close(stored[name], recomputed[name], rtol=1e-4, atol=2e-5 * scale, msg=name)
+    model.learn(48)
+    model.save(tmp_path / "model.zip")
+    loaded = EBMMRecurrentPPO.load(tmp_path / "model.zip")
+    assert loaded.policy.bptt_steps == 1 and type(loaded.rollout_buffer).__name__ == "_StepStatesBuffer"
+
+
+def test_bptt_steps_refuses_bad_values_and_the_history_route():
+    env = SpaceEnv(SPACES["box"], length=6)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="bptt_steps"):
+            RecurrentPPO(EBMMRecurrentPolicy, env, policy_kwargs=dict(bptt_steps=bad), **TINY)
+    with pytest.raises(ValueError, match="raw-observation route"):
+        RecurrentPPO(EBMMRecurrentPolicy, EpisodeMemoryWrapper(gym.make("ebmm/BinaryRecall-Easy-v0")),
+                     policy_kwargs=dict(bptt_steps=1), **TINY)  # fmt: skip
 
 
 def test_an_episode_of_500_steps_runs_on_both_routes():
