@@ -12,9 +12,10 @@ change of load hits every agent alike; the ratios to ``lstm`` are computed withi
 Agents: ``mlp`` (PPO, no memory), ``ebmm`` (PPO + EBMMExtractor with its rollout cache), ``ebmm-nocache``
 (the same, re-writing the whole history at every rollout step), ``ebmm-frozen`` (frozen memory: no higher-order
 graph in updates), ``ebmm-gradnorm`` (writing loss with the paper's ``α‖∇ₓE‖²`` term), ``ebmm-recurrent``
-(sb3-contrib RecurrentPPO with the memory as its recurrent state, ``EBMMRecurrentPolicy``), ``lstm`` (sb3-contrib
-RecurrentPPO). The EBMM memory is a fresh MLPEnergy with the ``agents.train`` defaults (hidden 64, dynamic 32, 3 write
-and 3 read steps, no grad-norm term).
+(sb3-contrib RecurrentPPO with the memory as its recurrent state, ``EBMMRecurrentPolicy``), ``ebmm-recurrent-tbptt``
+(the same trained by ``EBMMRecurrentPPO`` with ``bptt_steps=1``: each read backpropagates through its last write
+only, from the state the rollout stored), ``lstm`` (sb3-contrib RecurrentPPO). The EBMM memory is a fresh
+MLPEnergy with the ``agents.train`` defaults (hidden 64, dynamic 32, 3 write and 3 read steps, no grad-norm term).
 """
 
 from __future__ import annotations
@@ -32,7 +33,16 @@ from agents.train import Args as TrainArgs
 from agents.train import build_model, make_env
 from ebmm_rl.rl import EBMMExtractor
 
-AGENTS = ("mlp", "ebmm", "ebmm-nocache", "ebmm-frozen", "ebmm-gradnorm", "ebmm-recurrent", "lstm")
+AGENTS = (
+    "mlp",
+    "ebmm",
+    "ebmm-nocache",
+    "ebmm-frozen",
+    "ebmm-gradnorm",
+    "ebmm-recurrent",
+    "ebmm-recurrent-tbptt",
+    "lstm",
+)
 
 
 @dataclass
@@ -44,7 +54,8 @@ class Args:
     steps: int = 2048
     """environment steps per agent (``learn(steps)``)"""
     agents: tuple[str, ...] = AGENTS
-    """agents to time, among mlp, ebmm, ebmm-nocache, ebmm-frozen, ebmm-gradnorm, ebmm-recurrent, lstm"""
+    """agents to time, among mlp, ebmm, ebmm-nocache, ebmm-frozen, ebmm-gradnorm, ebmm-recurrent,
+    ebmm-recurrent-tbptt, lstm"""
     n_steps: int = 256
     """rollout length (steps per update)"""
     batch_size: int = 64
@@ -66,6 +77,7 @@ class Args:
 def bench(args: Args, agent: str) -> dict[str, float]:
     """Steps per CPU-second of rollouts and of ``learn``, and ``learn``'s steps per wall-second, of ``agent``."""
     memory = agent if agent in ("ebmm-recurrent", "mlp", "lstm") else "ebmm"
+    memory = "ebmm-recurrent" if agent == "ebmm-recurrent-tbptt" else memory
     train_args = replace(
         TrainArgs(),
         env=args.env,
@@ -79,6 +91,7 @@ def bench(args: Args, agent: str) -> dict[str, float]:
         seed=args.seed,
         freeze_memory=agent == "ebmm-frozen",
         grad_norm_term=agent == "ebmm-gradnorm",
+        bptt_steps=1 if agent == "ebmm-recurrent-tbptt" else None,
         eval_freq=0,
         progress_bar=False,
     )

@@ -80,6 +80,35 @@ def test_bench_memory_prints_the_table():
     )
 
 
+def test_bench_scaling_prints_one_row_per_route_and_length():
+    out = run("scripts/bench_scaling.py", "--lengths", "4", "8", "--routes", "ebmm-recurrent-tbptt", "lstm",
+              "--steps", "32", "--n-envs", "2", "--n-steps", "8", "--batch-size", "16", "--n-epochs", "1")  # fmt: skip
+    rows = [
+        line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ebmm") or line.startswith("| lstm")
+    ]
+    assert [(r[0].strip(), int(r[1])) for r in rows] == [("ebmm-recurrent-tbptt", 4), ("ebmm-recurrent-tbptt", 8),
+                                                         ("lstm", 4), ("lstm", 8)]  # fmt: skip
+    for r in rows:
+        rollout, update, peak = float(r[2]), float(r[3]), float(r[5])
+        assert rollout > 0 and update > 0 and peak > 0
+    assert [r[4].strip() for r in rows][::2] == ["1.00x", "1.00x"]  # each route's first L is the reference
+    assert "torch threads 1" in out
+
+
+def test_peak_tensor_mib_by_hand():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_scaling import peak_tensor_mib
+
+    def allocate():
+        a = torch.ones(25 * 2**20)  # 100 MiB of float32, freed before the next 50 + 50
+        del a
+        b = torch.ones(25 * 2**19)
+        c = b * 2
+        del b, c
+
+    assert peak_tensor_mib(allocate) == pytest.approx(100, abs=0.5)
+
+
 def test_bench_memory_peak_table_picks_the_card_and_precision():
     sys.path.insert(0, str(ROOT / "scripts"))
     from bench_memory import peak_tflops_of
