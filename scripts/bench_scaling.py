@@ -4,7 +4,8 @@ Every episode lasts exactly ``L`` steps (gymnasium's ``TimeLimit`` on ``ebmm/Pen
 never end earlier), so a memory holds up to ``L`` rows. For each ``L`` and route the script times
 ``model.learn(steps)`` after a warm-up and reports, in CPU milliseconds per environment step (this process's CPU
 time), the rollout collection and the updates separately, and the peak tensor memory of one update (the running
-sum of the allocations and frees that ``torch.profiler`` records during one ``model.train()`` call)::
+sum of the allocations and frees that ``torch.profiler`` records during one ``model.train()`` call; for ``ebmm``
+an update whose rollout holds a history of the full ``L - 1`` rows)::
 
     python scripts/bench_scaling.py                      # L = 8, 32, 128; the three routes and the LSTM
     python scripts/bench_scaling.py --lengths 8 32 --routes ebmm-recurrent lstm
@@ -116,6 +117,10 @@ def bench(route: str, length: int, args: Args) -> dict[str, float]:
     start = model.num_timesteps
     model.learn(args.steps, reset_num_timesteps=False)
     n = model.num_timesteps - start
+    model.collect_rollouts, model.train = collect, train
+    # The extractor's update writes each sample's history: profile one whose rollout reached the episodes' end.
+    while route == "ebmm" and int(model.rollout_buffer.observations["history_len"].max()) < length - 1:
+        model.learn(args.n_envs * args.n_steps, reset_num_timesteps=False)
     peak = peak_tensor_mib(train)  # one more update on the last rollout
     model.env.close()
     return {"rollout_ms": 1e3 * times["rollout"] / n, "update_ms": 1e3 * times["update"] / n, "peak_mib": peak}
