@@ -272,14 +272,27 @@ def _truncated_reference_grads(policy, obs, state, starts, k):
     return {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
 
 
+def _float64_policy(k: int | None, env: gym.Env, seed: int = 0):
+    """An ``EBMMRecurrentPolicy`` in float64 (its rows cast too), so that gradients compare to 1e-10."""
+    policy = RecurrentPPO(EBMMRecurrentPolicy, env, policy_kwargs=dict(bptt_steps=k), seed=seed, **TINY).policy
+    policy.double()
+    ext = policy.features_extractor
+    rows = ext.rows
+    ext.rows = lambda obs: rows(obs).double()
+    return policy
+
+
 @pytest.mark.parametrize("k", [1, 2])
 def test_truncated_backpropagation_equals_a_loop_by_loop_reference(k):
     """``bptt_steps=k``: every read backpropagates through its last k writes only; an episode starts inside."""
-    env = SpaceEnv(SPACES["box"], length=6)
-    policy = RecurrentPPO(EBMMRecurrentPolicy, env, policy_kwargs=dict(bptt_steps=k), **TINY).policy
-    obs = torch.as_tensor(np.stack([env.observation_space.sample() for _ in range(6)]))
-    state = (0.01 * torch.randn(1, 1, policy.memory_size), torch.full((1, 1, policy.memory_size), 3.0))
-    starts = torch.tensor([0.0, 0, 0, 1, 0, 0])
+    torch.manual_seed(0)
+    env = SpaceEnv(SPACES["box"], length=8)
+    env.observation_space.seed(0)
+    policy = _float64_policy(k, env)
+    obs = torch.as_tensor(np.stack([env.observation_space.sample() for _ in range(8)]))
+    state = (0.01 * torch.randn(1, 1, policy.memory_size, dtype=torch.float64),
+             torch.full((1, 1, policy.memory_size), 3.0, dtype=torch.float64))  # fmt: skip
+    starts = torch.tensor([0.0, 0, 0, 0, 0, 1, 0, 0])  # 5 steps continue the stored state, then a new episode
     expected = _truncated_reference_grads(policy, obs, state, starts, k)
     policy.zero_grad()
     features, _ = policy.unroll(obs, state, starts)
@@ -287,9 +300,8 @@ def test_truncated_backpropagation_equals_a_loop_by_loop_reference(k):
     got = {n: p.grad for n, p in policy.named_parameters() if p.grad is not None}
     assert got.keys() == expected.keys()
     for name in expected:
-        scale = float(expected[name].abs().max())  # float32: batched and looped sums round differently
-        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=2e-5 * scale, msg=name)
-    full = RecurrentPPO(EBMMRecurrentPolicy, env, policy_kwargs=dict(bptt_steps=None), **TINY).policy
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-10, atol=1e-10, msg=name)
+    full = _float64_policy(None, env)
     full.load_state_dict(policy.state_dict())
     full.zero_grad()
     full.unroll(obs, state, starts)[0].pow(2).sum().backward()
