@@ -2,8 +2,9 @@
 
 :class:`MemoryExtractor` does the same with any baseline memory of :mod:`ebmm_rl.baselines` (``docs/baselines.md``).
 
-The recurrent route for sb3-contrib's ``RecurrentPPO`` lives in :mod:`ebmm_rl.rl.recurrent` (``EBMMRecurrentPolicy``,
-also exported here; it is imported on first use, so that this package does not need sb3-contrib).
+The recurrent route for sb3-contrib's ``RecurrentPPO`` lives in :mod:`ebmm_rl.rl.recurrent` (``EBMMRecurrentPolicy``
+and ``EBMMRecurrentPPO``, also exported here; imported on first use, so that this package does not need
+sb3-contrib).
 """
 
 from typing import Any
@@ -21,6 +22,7 @@ __all__ = [
     "SUPPORTED_SPACES",
     "EBMMExtractor",
     "EBMMPolicy",
+    "EBMMRecurrentPPO",
     "EBMMRecurrentPolicy",
     "EpisodeMemoryWrapper",
     "MemoryExtractor",
@@ -32,8 +34,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "EBMMRecurrentPolicy":  # needs sb3-contrib, imported on first use
-        from ebmm_rl.rl.recurrent import EBMMRecurrentPolicy
+    if name in ("EBMMRecurrentPolicy", "EBMMRecurrentPPO"):  # need sb3-contrib, imported on first use
+        from ebmm_rl.rl import recurrent
 
-        return EBMMRecurrentPolicy
+        return getattr(recurrent, name)
     raise AttributeError(f"module 'ebmm_rl.rl' has no attribute {name!r}")
