@@ -289,7 +289,7 @@ class EBMMemory(nn.Module):
             create_graph: keep the graph for meta-gradients. Default: ``torch.is_grad_enabled()``.
             check: validate ``patterns`` (shape, dtype, finite, in range) and ``state``. Callers that write many
                 small chunks of data they have already checked (the RL policies, one row per env step) pass
-                ``False``: the value checks cost about a tenth of a one-row write.
+                ``False``: the value checks are 9 of the 242 kernels of a one-row write, three of them host syncs.
 
         Returns:
             The new :class:`MemoryState`.
