@@ -209,39 +209,31 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
         else:
             queries = ext.encode(ext.rows(obs))  # [n_seq * T, P]
             patterns = queries.reshape(n_seq, -1, queries.shape[-1])  # [n_seq, T, P]
-            phase = None
         ext.memory.check_patterns(patterns.reshape(patterns.shape[0], -1, patterns.shape[-1]), "encoded rows")
-        if ext.mode == "rows" and create_graph and self.bptt_steps is not None:
-            if step_states is None:
-                chain, memory_state = self._chain(patterns, starts, memory_state)
-            else:  # the rollout's stored state of every step (EBMMRecurrentPPO); the state after is not needed
-                chain = self._reset(self._to_memory(step_states), starts.reshape(-1))
-            stacked = self._truncated_steps(patterns, starts, chain, self.bptt_steps)
-            features = ext.read_features(queries, stacked)
-            if ext.aux_coef > 0:
+        if ext.mode == "rows":  # read with each step's row from the earlier steps' memory, then write the row
+            if create_graph and self.bptt_steps is not None:
+                if step_states is None:
+                    chain, memory_state = self._chain(patterns, starts, memory_state, create_graph=False)
+                else:  # the rollout's stored state of every step (EBMMRecurrentPPO); the state after is not needed
+                    chain = self._reset(self._to_memory(step_states), starts.reshape(-1))
+                stacked = self._truncated_steps(patterns, starts, chain, self.bptt_steps)
+            else:
+                stacked, memory_state = self._chain(patterns, starts, memory_state, create_graph)
+            features = ext.read_features(queries, stacked)  # one batched read over every (sequence, step)
+            if ext.aux_coef > 0 and create_graph:
                 features = self._with_aux_loss(features, patterns, starts, stacked)
             return ext.head(features), self._from_memory(memory_state)
         steps: list[MemoryState] = []  # the memory each step reads from
         for t in range(starts.shape[1]):
             if bool(starts[:, t].any()):  # reset: θ̄ and nothing written
                 memory_state = self._reset(memory_state, starts[:, t])
-            if ext.mode == "history":  # the rows stored since the last step, then read
-                memory_state = ext.write_new(patterns[:, t], lengths[:, t], memory_state, create_graph)
-                steps.append(memory_state)
-            else:  # read with this step's row from the earlier steps' memory, then write the row
-                steps.append(memory_state)
-                memory_state = ext.memory.write(
-                    patterns[:, t : t + 1], memory_state, create_graph=create_graph, check=False
-                )
+            # the rows stored since the last step, then read
+            memory_state = ext.write_new(patterns[:, t], lengths[:, t], memory_state, create_graph)
+            steps.append(memory_state)
         # Reads do not depend on each other: one batched read over every (sequence, step), sequence-major.
         stacked = _stack_steps(steps)  # [n_seq * T, ...]
-        if ext.mode == "history":
-            stored = patterns.flatten(0, 1) if "similarities" in ext.features else None  # [n_seq * T, L, P]
-            features = ext.read_features(queries, stacked, phase, stored, lengths.flatten())
-        else:
-            features = ext.read_features(queries, stacked)
-        if ext.aux_coef > 0 and create_graph and ext.mode == "rows":
-            features = self._with_aux_loss(features, patterns, starts, stacked)
+        stored = patterns.flatten(0, 1) if "similarities" in ext.features else None  # [n_seq * T, L, P]
+        features = ext.read_features(queries, stacked, phase, stored, lengths.flatten())
         return ext.head(features), self._from_memory(memory_state)
 
     def _reset(self, memory_state: MemoryState, reset: Tensor) -> MemoryState:
@@ -253,25 +245,28 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
         }
         return MemoryState(fast, torch.where(reset, 0, memory_state.num_written))
 
-    def _chain(self, patterns: Tensor, starts: Tensor, initial: MemoryState) -> tuple[MemoryState, MemoryState]:
-        """Without a graph, the memory every step reads from (after its reset) and the memory after the last step.
+    def _chain(
+        self, patterns: Tensor, starts: Tensor, initial: MemoryState, create_graph: bool
+    ) -> tuple[MemoryState, MemoryState]:
+        """The memory every step reads from (after its reset) and the memory after the last step: ``T`` writes.
 
         Args:
             patterns: ``[n_seq, T, P]`` encoded rows.
             starts: ``[n_seq, T]`` bool, an episode starts at that step.
             initial: the memory before step 0 of each sequence.
+            create_graph: keep the graph through every write (the whole-sequence gradient).
 
         Returns:
             ``(memories [n_seq * T] sequence-major, the memory after the last step)``.
         """
         memory = self.features_extractor.memory
-        with torch.no_grad():
+        with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
             chain, state = [], initial
             for t in range(patterns.shape[1]):
                 if bool(starts[:, t].any()):
                     state = self._reset(state, starts[:, t])
                 chain.append(state)
-                state = memory.write(patterns[:, t : t + 1], state, create_graph=False, check=False)
+                state = memory.write(patterns[:, t : t + 1], state, create_graph=create_graph, check=False)
         return _stack_steps(chain), state
 
     def _truncated_steps(self, patterns: Tensor, starts: Tensor, chain: MemoryState, k: int) -> MemoryState:
