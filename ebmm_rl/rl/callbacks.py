@@ -191,10 +191,7 @@ def stored_rows(extractor: EBMMExtractor, buffer: Any, window: int = 32) -> tupl
         with torch.no_grad():
             rows.append(extractor.encode(extractor.rows(part)))  # [T_env, P]
     lengths = torch.as_tensor([r.shape[0] for r in rows], device=device)
-    padded = torch.zeros(len(rows), int(lengths.max()), rows[0].shape[-1], device=device)
-    for env, r in enumerate(rows):
-        padded[env, : r.shape[0]] = r
-    return padded, lengths
+    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True), lengths  # [n_envs, L, P], zero-padded
 
 
 def _device(extractor: EBMMExtractor) -> torch.device:
