@@ -220,12 +220,13 @@ print("reloaded", len({saved!r}))
 
 
 def test_recurrent_route_writes_each_step_once_and_reads_before_writing():
+    """In float64 (in float32 the five chained writes amplify rounding to about 4e-5 on some draws)."""
     env = SpaceEnv(SPACES["box"], length=6)
-    model = RecurrentPPO(EBMMRecurrentPolicy, env, **TINY)
-    policy = model.policy
+    env.observation_space.seed(0)
+    policy = _float64_policy(None, env)
     ext = policy.features_extractor
     obs = torch.as_tensor(np.stack([env.observation_space.sample() for _ in range(5)]))  # one sequence of 5 steps
-    state = (torch.zeros(1, 1, policy.memory_size), torch.zeros(1, 1, policy.memory_size))
+    state = (torch.zeros(1, 1, policy.memory_size, dtype=torch.float64),) * 2
     starts = torch.tensor([1.0, 0, 0, 0, 0])
     with torch.no_grad():
         features, final = policy.unroll(obs, state, starts)
@@ -237,11 +238,11 @@ def test_recurrent_route_writes_each_step_once_and_reads_before_writing():
         for t in range(5):
             expected.append(ext.head(ext.read_features(patterns[:, t], memory)))
             memory = ext.memory.write(patterns[:, t : t + 1], memory)
-    torch.testing.assert_close(features, torch.cat(expected))
+    torch.testing.assert_close(features, torch.cat(expected), rtol=1e-10, atol=1e-10)
     assert int(final[1][0, 0, 0]) == 5  # five rows written
 
 
-def _truncated_reference_grads(policy, obs, state, starts, k):
+def _truncated_reference_grads(policy, obs, state, starts, k, steps=None):
     """Loop by loop: each step's memory without a graph, then its last ``k`` writes again with a graph, then read."""
     ext = policy.features_extractor
     memory = ext.memory
@@ -257,7 +258,7 @@ def _truncated_reference_grads(policy, obs, state, starts, k):
             m = memory.write(patterns[:, t : t + 1], m, create_graph=False)
     policy.zero_grad()
     features = []
-    for t in range(T):
+    for t in range(T if steps is None else steps):
         begin = max(t - k, 0)
         m = MemoryState({n: theta_bar[n] + (w - theta_bar[n]).detach() for n, w in chain[begin].fast_weights.items()},
                         chain[begin].num_written)  # fmt: skip
@@ -284,7 +285,11 @@ def _float64_policy(k: int | None, env: gym.Env, seed: int = 0):
 
 @pytest.mark.parametrize("k", [1, 2])
 def test_truncated_backpropagation_equals_a_loop_by_loop_reference(k):
-    """``bptt_steps=k``: every read backpropagates through its last k writes only; an episode starts inside."""
+    """``bptt_steps=k``: every read backpropagates through its last k writes only; an episode starts inside.
+
+    Given a padding mask (the last two steps), only the real steps are computed: the same gradients as the
+    reference over those steps, zero features for the others.
+    """
     torch.manual_seed(0)
     env = SpaceEnv(SPACES["box"], length=8)
     env.observation_space.seed(0)
@@ -307,6 +312,23 @@ def test_truncated_backpropagation_equals_a_loop_by_loop_reference(k):
     full.unroll(obs, state, starts)[0].pow(2).sum().backward()
     differs = any(not torch.allclose(p.grad, got[n], rtol=1e-3) for n, p in full.named_parameters() if n in got)
     assert differs  # the truncation changes the gradient (the sequence is longer than k)
+    # Two sequences with padding at their ends (6 and 7 real steps); the second holds an episode start.
+    obs2 = torch.cat([obs, torch.as_tensor(np.stack([env.observation_space.sample() for _ in range(8)]))])
+    state2 = tuple(torch.cat([x, 0.5 * x], dim=1) for x in state)
+    starts2 = torch.cat([starts, torch.tensor([0.0, 0, 0, 1, 0, 0, 0, 0])])
+    valid = torch.tensor([True] * 6 + [False] * 2 + [True] * 7 + [False])
+    parts = [
+        _truncated_reference_grads(policy, obs2[j * 8 : (j + 1) * 8], tuple(x[:, j : j + 1] for x in state2),
+                                   starts2[j * 8 : (j + 1) * 8], k, steps=n)
+        for j, n in enumerate((6, 7))
+    ]  # fmt: skip
+    policy.zero_grad()
+    features, _ = policy.unroll(obs2, state2, starts2, valid=valid)
+    assert torch.equal(features[~valid], torch.zeros_like(features[~valid]))
+    features.pow(2).sum().backward()
+    for name in parts[0]:
+        torch.testing.assert_close(policy.get_parameter(name).grad, parts[0][name] + parts[1][name], rtol=1e-10,
+                                   atol=1e-10, msg=name)  # fmt: skip
 
 
 def test_ebmm_recurrent_ppo_hands_the_stored_state_of_every_step_to_the_update(tmp_path):
@@ -325,16 +347,26 @@ def test_ebmm_recurrent_ppo_hands_the_stored_state_of_every_step_to_the_update(t
     assert data.lstm_states.vf[0].shape[1] == data.episode_starts.numel()  # one state per (sequence, step)
     policy, mask = model.policy, data.mask
 
-    def grads(step_states):
-        policy.zero_grad()
-        features, _ = policy.unroll(data.observations, data.lstm_states.pi, data.episode_starts, step_states)
-        (features.pow(2).sum(1) * mask).sum().backward()  # padded steps are masked out, as PPO's loss does
-        return {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+    hidden, cell, valid = data.lstm_states.vf
+    assert torch.equal(valid, mask > 0.5) and not bool(valid.all())  # the minibatch holds padded steps
 
-    stored, recomputed = grads(data.lstm_states.vf), grads(None)
+    def grads(step_states, valid=None):
+        policy.zero_grad()
+        features, _ = policy.unroll(data.observations, data.lstm_states.pi, data.episode_starts, step_states, valid)
+        (features.pow(2).sum(1) * mask).sum().backward()  # padded steps are masked out, as PPO's loss does
+        return features, {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+
+    (_, stored), (_, recomputed) = grads((hidden, cell)), grads(None)
     for name in recomputed:
         scale = float(recomputed[name].abs().max())
         torch.testing.assert_close(stored[name], recomputed[name], rtol=1e-4, atol=2e-5 * scale, msg=name)
+    # Skipping the padded steps changes nothing PPO's masked loss sees; their features are zeros.
+    features, skipped = grads((hidden, cell), valid)
+    every_step, _ = grads((hidden, cell))
+    assert torch.equal(features[~valid], torch.zeros_like(features[~valid]))
+    torch.testing.assert_close(features[valid], every_step[valid], rtol=1e-6, atol=1e-6)
+    for name in stored:
+        torch.testing.assert_close(skipped[name], stored[name], rtol=1e-5, atol=1e-6, msg=name)
     model.learn(48)
     model.save(tmp_path / "model.zip")
     loaded = EBMMRecurrentPPO.load(tmp_path / "model.zip")

@@ -178,7 +178,12 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
         return delta.unsqueeze(0), cell.unsqueeze(0)
 
     def unroll(
-        self, obs: Any, state: State, episode_starts: Tensor, step_states: State | None = None
+        self,
+        obs: Any,
+        state: State,
+        episode_starts: Tensor,
+        step_states: State | None = None,
+        valid: Tensor | None = None,
     ) -> tuple[Tensor, State]:
         """Features of a batch of sequences and the state after them.
 
@@ -191,6 +196,11 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
             step_states: optional, the state before every step, ``[1, n_seq * T, S]`` each, as the rollout stored
                 it (:class:`EBMMRecurrentPPO`); used with ``bptt_steps`` during updates instead of recomputing the
                 chain of writes.
+            valid: optional ``[n_seq * T]`` bool, the steps that are not padding (RecurrentPPO pads every
+                minibatch sequence to the longest one and masks the padding out of its loss). With ``bptt_steps``
+                and no auxiliary loss, only these steps are written and read (each step's truncated chain lies
+                inside its own sequence, and padding only follows a sequence's real steps); the features of the
+                others are zeros. Ignored otherwise.
 
         Returns:
             ``(features [n_seq * T, features_dim], state after the last step)``.
@@ -216,7 +226,14 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
                     chain, memory_state = self._chain(patterns, starts, memory_state, create_graph=False)
                 else:  # the rollout's stored state of every step (EBMMRecurrentPPO); the state after is not needed
                     chain = self._reset(self._to_memory(step_states), starts.reshape(-1))
-                stacked = self._truncated_steps(patterns, starts, chain, self.bptt_steps)
+                keep = None
+                if valid is not None and ext.aux_coef == 0 and not bool(valid.all()):
+                    keep = valid.reshape(-1).nonzero().squeeze(1)  # the real steps; padding costs nothing
+                stacked = self._truncated_steps(patterns, starts, chain, self.bptt_steps, keep)
+                if keep is not None:
+                    features = ext.head(ext.read_features(queries[keep], stacked))
+                    full = features.new_zeros(queries.shape[0], features.shape[1])
+                    return full.index_copy(0, keep, features), self._from_memory(memory_state)
             else:
                 stacked, memory_state = self._chain(patterns, starts, memory_state, create_graph)
             features = ext.read_features(queries, stacked)  # one batched read over every (sequence, step)
@@ -269,7 +286,9 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
                 state = memory.write(patterns[:, t : t + 1], state, create_graph=create_graph, check=False)
         return _stack_steps(chain), state
 
-    def _truncated_steps(self, patterns: Tensor, starts: Tensor, chain: MemoryState, k: int) -> MemoryState:
+    def _truncated_steps(
+        self, patterns: Tensor, starts: Tensor, chain: MemoryState, k: int, keep: Tensor | None = None
+    ) -> MemoryState:
         """The memory each step reads from, with gradients through its last ``k`` writes only (``bptt_steps``).
 
         Args:
@@ -278,17 +297,20 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
             chain: ``[n_seq * T]`` sequence-major, the memory each step reads from, without a graph (after the
                 step's reset): recomputed by :meth:`_chain`, or stored by the rollout (:class:`EBMMRecurrentPPO`).
             k: writes with a graph per read.
+            keep: optional indices into the ``n_seq * T`` steps: compute only these (in this order).
 
         Returns:
-            ``[n_seq * T]`` sequence-major: step ``t`` reads from rows ``max(t - k, 0) .. t - 1`` written with a
-            graph onto ``θ̄ + const``, ``const`` the deviation of ``chain`` at step ``max(t - k, 0)``, with the
-            episode resets in between (and at ``t``).
+            ``[n_seq * T]`` sequence-major (or ``[len(keep)]``): step ``t`` reads from rows ``max(t - k, 0) .. t - 1``
+            written with a graph onto ``θ̄ + const``, ``const`` the deviation of ``chain`` at step ``max(t - k, 0)``,
+            with the episode resets in between (and at ``t``).
         """
         memory = self.features_extractor.memory
         n_seq, T, _ = patterns.shape
         theta_bar = memory.energy.memory_parameters()
         t_flat = torch.arange(T, device=patterns.device).repeat(n_seq)  # [n_seq * T]
         seq_offset = torch.arange(n_seq, device=patterns.device).repeat_interleave(T) * T  # [n_seq * T]
+        if keep is not None:
+            t_flat, seq_offset = t_flat[keep], seq_offset[keep]
         base_t = (t_flat - k).clamp(min=0)  # the step each read's chain starts from
         base = seq_offset + base_t
         fast = {n: theta_bar[n].unsqueeze(0) + (w[base] - theta_bar[n]).detach() for n, w in chain.fast_weights.items()}
@@ -304,7 +326,7 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
                 current = self._reset(current, reset)
             rows = flat_patterns[index].unsqueeze(1)  # [n_seq * T, 1, P]
             current = memory.write(rows, current, pattern_mask=valid.unsqueeze(1), create_graph=True, check=False)
-        at_start = starts_flat & (t_flat > base_t)  # the reading step itself begins an episode
+        at_start = starts_flat[seq_offset + t_flat] & (t_flat > base_t)  # the reading step itself begins an episode
         if bool(at_start.any()):
             current = self._reset(current, at_start)
         return current
@@ -369,12 +391,15 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
         """Values, log-probabilities and entropy of ``actions`` (PPO update, gradients through the sequence).
 
         :class:`EBMMRecurrentPPO`'s buffer hands over the stored state of every step in ``lstm_states.vf`` (the
-        critic shares the actor's memory, so that slot is free); it is used with ``bptt_steps``.
+        critic shares the actor's memory, so that slot is free), and the padding mask as its third entry; with
+        ``bptt_steps`` they are used and padded steps are not computed (their outputs are those of zero features,
+        which PPO's loss masks out).
         """
-        step_states = None
+        step_states = valid = None
         if self.bptt_steps is not None and lstm_states.vf[0].shape[1] == episode_starts.numel():
-            step_states = lstm_states.vf
-        features, _ = self.unroll(obs, lstm_states.pi, episode_starts, step_states)
+            step_states = (lstm_states.vf[0], lstm_states.vf[1])
+            valid = lstm_states.vf[2] if len(lstm_states.vf) > 2 else None
+        features, _ = self.unroll(obs, lstm_states.pi, episode_starts, step_states, valid)
         latent_pi, latent_vf = self.mlp_extractor(features)
         distribution = self._get_action_dist_from_latent(latent_pi)
         if isinstance(self.action_space, spaces.MultiBinary):  # the recurrent buffer hands them over as int8
@@ -383,14 +408,18 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
 
 
 class _StepStates:
-    """Rollout-buffer mixin: samples carry the stored state of every step in ``lstm_states.vf``."""
+    """Rollout-buffer mixin: samples carry the stored state of every step and the padding mask in ``lstm_states.vf``.
+
+    ``lstm_states.vf`` is ``(hidden [1, n, S], cell [1, n, S], valid [n] bool)`` for the ``n`` padded steps.
+    """
 
     def _get_samples(self, batch_inds: np.ndarray, env_change: np.ndarray, env: Any = None) -> Any:
         samples = super()._get_samples(batch_inds, env_change, env)  # type: ignore[misc]
         size = self.hidden_states_pi.shape[-1]  # type: ignore[attr-defined]
         hidden = self.pad(self.hidden_states_pi[batch_inds]).reshape(1, -1, size)  # type: ignore[attr-defined]
         cell = self.pad(self.cell_states_pi[batch_inds]).reshape(1, -1, size)  # type: ignore[attr-defined]
-        return samples._replace(lstm_states=RNNStates(samples.lstm_states.pi, (hidden, cell)))
+        valid = samples.mask > 0.5
+        return samples._replace(lstm_states=RNNStates(samples.lstm_states.pi, (hidden, cell, valid)))
 
 
 class _StepStatesBuffer(_StepStates, RecurrentRolloutBuffer):
