@@ -304,24 +304,13 @@ class EBMMemory(nn.Module):
         weights = _pattern_weights(pattern_mask, B, N, patterns.device, patterns.dtype)  # [B, N], rows sum to 1
         create_graph = torch.is_grad_enabled() if create_graph is None else create_graph
 
-        with torch.set_grad_enabled(create_graph):  # the schedules and θ̄ enter the graph only when it is kept
-            if state is None:
+        if state is None:
+            with torch.set_grad_enabled(create_graph):  # θ̄ enters the graph only when it is kept
                 state = self.initial_state(B)
-            theta_bar = self.energy.memory_parameters()
-            lrs, alpha, beta = self.write_lrs, self.alpha, self.beta
-        names = list(theta_bar)
-        anchor = theta_bar if self.config.prior_anchor == "initial" else dict(state.fast_weights)  # θ̃ of the prior
-        if not create_graph:
-            anchor = {n: w.detach() for n, w in anchor.items()}
-        layer_of = [self.layer_names.index(n.rsplit(".", 1)[0]) for n in names]
+        update, alpha = self._write_rule(state, create_graph)
+        names = list(self.energy.memory_parameters())
         fast = dict(state.fast_weights)
         closed_form = self.uses_closed_form
-        # Every step's rates at once: η_E, η_G [T, L] and the prior's bounded shrink factor [T, L].
-        with torch.set_grad_enabled(create_graph):
-            max_step = self.config.max_prior_step
-            rates = torch.stack([lrs[..., 0], lrs[..., 1], max_step * torch.tanh(2 * lrs[..., 2] * beta / max_step)])
-        # Without a graph the rates are plain numbers and each update is two fused kernels.
-        rate_rows = rates.tolist() if not create_graph else [[row.unbind(0) for row in r.unbind(0)] for r in rates]
         with torch.enable_grad():
             for t in range(self.config.write_steps):
                 if closed_form:  # ordinary tensor expressions: no leaves to differentiate with respect to
@@ -331,22 +320,7 @@ class EBMMemory(nn.Module):
                 else:  # a detached starting state (e.g. stored by an RL rollout) still needs ∇_θ
                     fast = {n: w if w.requires_grad else w.detach().requires_grad_(True) for n, w in fast.items()}
                 grads_e, grads_g = self._writing_loss_grads(patterns, fast, names, weights, alpha, create_graph)
-                new_fast = {}
-                for i, n in enumerate(names):
-                    lr_e, lr_g, shrink = (rate_rows[j][t][layer_of[i]] for j in range(3))
-                    if create_graph:
-                        update = lr_e * grads_e[i] + shrink * (fast[n] - anchor[n])
-                        if grads_g is not None:
-                            update = update + lr_g * grads_g[i]
-                        new_fast[n] = fast[n] - update
-                    else:
-                        with torch.no_grad():
-                            new = torch.add(fast[n], grads_e[i], alpha=-lr_e)
-                            new.add_(fast[n] - anchor[n], alpha=-shrink)
-                            if grads_g is not None:
-                                new.add_(grads_g[i], alpha=-lr_g)
-                        new_fast[n] = new
-                fast = new_fast
+                fast = update(t, fast, grads_e, grads_g)
         if pattern_mask is not None:  # an episode with only padding in this chunk keeps its memory unchanged
             written = pattern_mask.any(dim=1)  # [B]
             fast = {
@@ -386,6 +360,128 @@ class EBMMemory(nn.Module):
             mask = None if pattern_mask is None else pattern_mask[:, start : start + chunk_size]
             state = self.write(chunk, state, mask, create_graph)
         return state
+
+    def _write_rule(
+        self, state: MemoryState, create_graph: bool
+    ) -> tuple[Callable[[int, dict[str, Tensor], list[Tensor], list[Tensor] | None], dict[str, Tensor]], Tensor]:
+        """The update of write step ``t`` (eq. 4) for a write that starts from ``state``, and ``α``.
+
+        Returns ``(update, alpha)``: ``update(t, fast, grads_e, grads_g)`` is the new fast weights
+        ``θ − η_E ∇_θE − η_G ∇_θ‖∇ₓE‖² − shrink·(θ − θ̃)`` from the gradients of the energy and grad-norm terms
+        (lists in the order of ``energy.memory_parameters()``; ``grads_g`` may be ``None``). The rates and the
+        prior's shrink factors are computed once here; without a graph they are plain numbers and each update is
+        fused ``add`` kernels.
+        """
+        with torch.set_grad_enabled(create_graph):  # the schedules and θ̄ enter the graph only when it is kept
+            theta_bar = self.energy.memory_parameters()
+            lrs, alpha, beta = self.write_lrs, self.alpha, self.beta
+            # Every step's rates at once: η_E, η_G [T, L] and the prior's bounded shrink factor [T, L].
+            max_step = self.config.max_prior_step
+            rates = torch.stack([lrs[..., 0], lrs[..., 1], max_step * torch.tanh(2 * lrs[..., 2] * beta / max_step)])
+        names = list(theta_bar)
+        anchor = theta_bar if self.config.prior_anchor == "initial" else dict(state.fast_weights)  # θ̃ of the prior
+        if not create_graph:
+            anchor = {n: w.detach() for n, w in anchor.items()}
+        layer_of = [self.layer_names.index(n.rsplit(".", 1)[0]) for n in names]
+        rate_rows = rates.tolist() if not create_graph else [[row.unbind(0) for row in r.unbind(0)] for r in rates]
+
+        def update(
+            t: int, fast: dict[str, Tensor], grads_e: list[Tensor], grads_g: list[Tensor] | None
+        ) -> dict[str, Tensor]:
+            new_fast = {}
+            for i, n in enumerate(names):
+                lr_e, lr_g, shrink = (rate_rows[j][t][layer_of[i]] for j in range(3))
+                if create_graph:
+                    step = lr_e * grads_e[i] + shrink * (fast[n] - anchor[n])
+                    if grads_g is not None:
+                        step = step + lr_g * grads_g[i]
+                    new_fast[n] = fast[n] - step
+                else:
+                    with torch.no_grad():
+                        new = torch.add(fast[n], grads_e[i], alpha=-lr_e)
+                        new.add_(fast[n] - anchor[n], alpha=-shrink)
+                        if grads_g is not None:
+                            new.add_(grads_g[i], alpha=-lr_g)
+                    new_fast[n] = new
+            return new_fast
+
+        return update, alpha
+
+    def write_and_read(
+        self, patterns: Tensor, queries: Tensor, state: MemoryState, check: bool = True
+    ) -> tuple[MemoryState, ReadResult]:
+        """``(write(patterns, state), read(queries, state))`` without a graph: store, and read from the memory before.
+
+        An RL agent's step reads with its row from the memory of the earlier steps and then writes the row
+        (:class:`~ebmm_rl.rl.recurrent.EBMMRecurrentPolicy`'s rollouts). Both start from ``state``, so with
+        closed-form gradients and ``N == M`` write step ``i`` and read step ``i`` run as one
+        :meth:`~ebmm_rl.layers.EnergyNet.closed_form_grads` call over ``2B`` episodes (the write's fast weights
+        beside ``state``'s): half the small kernels. Otherwise, it is the two calls. The results are the same: the
+        episodes of the batch do not interact, the write keeps the ``∇_θ`` of its half and the read the ``∇ₓE`` of
+        its half.
+
+        Args:
+            patterns: ``[B, N, D...]`` patterns to store.
+            queries: ``[B, M, D...]`` patterns to read with.
+            state: the memory both start from.
+            check: validate the inputs (as :meth:`write`'s ``check``).
+
+        Returns:
+            ``(the memory after the write, the read's ReadResult)``.
+        """
+        if check:
+            self._check_patterns(patterns, "patterns")
+            self._check_patterns(queries, "queries")
+            self._check_state(state)
+        B, N = patterns.shape[:2]
+        if state.batch_size != B or queries.shape[0] != B:
+            raise ValueError(f"state, patterns and queries must hold the same number of episodes; got "
+                             f"{state.batch_size}, {B} and {queries.shape[0]}")  # fmt: skip
+        if not self.uses_closed_form or queries.shape[1] != N:
+            with torch.no_grad():
+                return self.write(patterns, state, create_graph=False, check=False), self.read(
+                    queries, state, create_graph=False
+                )
+        with torch.no_grad():
+            update, alpha = self._write_rule(state, create_graph=False)
+            names = list(self.energy.memory_parameters())
+            start = {n: w.detach() for n, w in state.fast_weights.items()}
+            weights = _pattern_weights(None, B, N, patterns.device, patterns.dtype)
+            both_weights = torch.cat([weights, torch.zeros_like(weights)])  # the read half adds nothing to ∇_θ
+            grad_norm_weights = alpha * both_weights if self.config.use_grad_norm_term else None
+            lo, hi = self.config.data_range
+            gammas, psis = self.read_step_sizes.tolist(), self.momenta.tolist()
+            x = queries.clamp(lo, hi)
+            iterates, velocity, fast = [x], torch.zeros_like(x), start
+            for i in range(max(self.config.write_steps, self.config.read_steps)):
+                writes, reads = i < self.config.write_steps, i < self.config.read_steps
+                x_hat = (x + psis[i] * velocity).clamp(lo, hi) if reads else None
+                if writes and reads:
+                    out = self.energy.closed_form_grads(
+                        torch.cat([patterns, x_hat]),
+                        {n: torch.cat([fast[n], start[n]]) for n in names},
+                        both_weights,
+                        grad_norm_weights,
+                    )
+                    grad_x = out.grad_x[B:]
+                elif writes:
+                    out = self.energy.closed_form_grads(
+                        patterns, fast, weights, None if grad_norm_weights is None else grad_norm_weights[:B]
+                    )
+                else:
+                    grad_x = self.energy.closed_form_grads(x_hat, start).grad_x
+                if writes:
+                    grads_e = [out.grad_theta[n][:B] for n in names]
+                    grads_g = (
+                        None if out.grad_theta_grad_norm is None else [out.grad_theta_grad_norm[n][:B] for n in names]
+                    )
+                    fast = update(i, fast, grads_e, grads_g)
+                if reads:
+                    velocity = psis[i] * velocity - gammas[i] * grad_x
+                    x = (x + velocity).clamp(lo, hi)
+                    iterates.append(x)
+        count = torch.full_like(state.num_written, N)
+        return MemoryState(fast, state.num_written + count), ReadResult(torch.stack(iterates))
 
     @property
     def uses_closed_form(self) -> bool:

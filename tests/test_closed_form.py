@@ -7,7 +7,7 @@ import torch
 
 from ebmm_rl.energy import GatedRNNConfig, GatedRNNEnergy, MLPConfig, MLPEnergy
 from ebmm_rl.layers import EnergyNet, MemoryLinear
-from ebmm_rl.memory import EBMMConfig, EBMMemory
+from ebmm_rl.memory import EBMMConfig, EBMMemory, MemoryState
 
 ENERGIES = {
     "mlp": lambda: MLPEnergy(MLPConfig(input_size=6, hidden_size=10, dynamic_size=4, hops=2)),
@@ -232,3 +232,24 @@ def test_one_write_step_lowers_the_writing_loss(name):
         before = writing_loss(memory, patterns, fast)
         after = writing_loss(memory, patterns, memory.write(patterns, state).fast_weights)
     assert after < before - 1e-4
+
+
+@pytest.mark.parametrize("name", ["mlp", "rnn"])
+@pytest.mark.parametrize("steps", [(2, 3), (3, 1)])
+@pytest.mark.parametrize("grad_norm,anchor", [(True, "previous"), (False, "initial")])
+def test_write_and_read_in_lockstep_equal_a_write_then_a_read(name, steps, grad_norm, anchor):
+    """One closed-form call per step over the write's and the read's episodes = write() then read() by autograd."""
+    memory = make_memory(name, write_steps=steps[0], read_steps=steps[1], use_grad_norm_term=grad_norm,
+                         prior_anchor=anchor)  # fmt: skip
+    patterns, queries, _, _ = episode_batch(memory, N=2)
+    start = MemoryState(perturbed_fast_weights(memory.energy, 3), torch.tensor([4, 0, 7]))
+    with torch.no_grad():
+        state, read = memory.write_and_read(patterns, queries, start)
+        with autograd_path(memory):
+            state_ref = memory.write(patterns, start)
+            read_ref = memory.read(queries, start)
+    torch.testing.assert_close(state.flatten(), state_ref.flatten(), **TOL)
+    assert torch.equal(state.num_written, torch.tensor([6, 2, 9]))
+    torch.testing.assert_close(read.iterates, read_ref.iterates, **TOL)
+    assert (state.flatten() - start.flatten()).abs().max() > 1e-3  # it wrote
+    assert (read.retrieved - read.iterates[0]).abs().max() > 1e-3  # it read

@@ -240,6 +240,15 @@ def test_recurrent_route_writes_each_step_once_and_reads_before_writing():
             memory = ext.memory.write(patterns[:, t : t + 1], memory)
     torch.testing.assert_close(features, torch.cat(expected), rtol=1e-10, atol=1e-10)
     assert int(final[1][0, 0, 0]) == 5  # five rows written
+    # A rollout calls it one step at a time (write and read in lockstep): the same features and final memory.
+    stepped = []
+    with torch.no_grad():
+        for t in range(5):
+            f, state = policy.unroll(obs[t : t + 1], state, starts[t : t + 1])
+            stepped.append(f)
+    torch.testing.assert_close(torch.cat(stepped), torch.cat(expected), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(state, final, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(policy._to_memory(state).flatten(), memory.flatten(), rtol=1e-10, atol=1e-10)
 
 
 def _truncated_reference_grads(policy, obs, state, starts, k, steps=None):

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from ebmm_rl.checkpoint import load_memory
 from ebmm_rl.energy.mlp import MLPConfig, MLPEnergy
-from ebmm_rl.memory import EBMMConfig, EBMMemory, MemoryState, stepwise_loss
+from ebmm_rl.memory import EBMMConfig, EBMMemory, MemoryState, ReadResult, stepwise_loss
 from ebmm_rl.rl.encoders import DEFAULT_PATTERN_SIZE, RowEncoder
 from ebmm_rl.rl.rows import RowLayout, RowsBox
 
@@ -432,6 +432,7 @@ class EBMMExtractor(HistoryFeaturesExtractor):
         phase: Tensor | None = None,
         patterns: Tensor | None = None,
         lengths: Tensor | None = None,
+        result: ReadResult | None = None,
     ) -> Tensor:
         """Read with the encoded ``query`` from the written ``state`` and assemble the raw features (before the head).
 
@@ -441,11 +442,13 @@ class EBMMExtractor(HistoryFeaturesExtractor):
             phase: ``[B, 3]`` one-hot phase, if ``"phase"`` is a feature part.
             patterns: ``[B, L, P]`` the stored patterns, if ``"similarities"`` is a feature part.
             lengths: ``[B]`` valid rows of ``patterns``.
+            result: the read of ``query`` from ``state`` if it is already done (:meth:`EBMMemory.write_and_read`).
 
         Returns:
             ``[B, raw features]``.
         """
-        result = self.memory.read(query.unsqueeze(1), state, create_graph=self.needs_graph())
+        if result is None:
+            result = self.memory.read(query.unsqueeze(1), state, create_graph=self.needs_graph())
         retrieved = result.retrieved[:, 0]  # [B, P]
         energies: list[Tensor] = []
 
