@@ -13,8 +13,8 @@ Agents: ``mlp`` (PPO, no memory), ``ebmm`` (PPO + EBMMExtractor with its rollout
 (the same, re-writing the whole history at every rollout step), ``ebmm-frozen`` (frozen memory: no higher-order
 graph in updates), ``ebmm-gradnorm`` (writing loss with the paper's ``α‖∇ₓE‖²`` term), ``ebmm-recurrent``
 (sb3-contrib RecurrentPPO with the memory as its recurrent state, ``EBMMRecurrentPolicy``), ``ebmm-recurrent-tbptt``
-(the same trained by ``EBMMRecurrentPPO`` with ``bptt_steps=1``: each read backpropagates through its last write
-only, from the state the rollout stored), ``lstm`` (sb3-contrib RecurrentPPO). The EBMM memory is a fresh
+(the same trained by ``EBMMRecurrentPPO`` with ``bptt_steps=1``, or ``--bptt-steps k``: each read backpropagates
+through its last ``k`` writes only, from the states the rollout stored), ``lstm`` (sb3-contrib RecurrentPPO). The EBMM memory is a fresh
 MLPEnergy with the ``agents.train`` defaults (hidden 64, dynamic 32, 3 write and 3 read steps, no grad-norm term).
 """
 
@@ -31,6 +31,7 @@ import tyro
 
 from agents.train import Args as TrainArgs
 from agents.train import build_model, make_env
+from ebmm_rl.cli import usage_error
 from ebmm_rl.rl import EBMMExtractor
 
 AGENTS = (
@@ -66,6 +67,8 @@ class Args:
     """parallel environments (in this process: DummyVecEnv)"""
     max_patterns: int | None = None
     """history window of the PPO memory agents (agents.train's --max-patterns)"""
+    bptt_steps: int = 1
+    """writes each read backpropagates through, for ebmm-recurrent-tbptt (agents.train's --bptt-steps)"""
     repeats: int = 1
     """interleaved rounds over the agents (the table shows medians)"""
     threads: int = 1
@@ -91,7 +94,7 @@ def bench(args: Args, agent: str) -> dict[str, float]:
         seed=args.seed,
         freeze_memory=agent == "ebmm-frozen",
         grad_norm_term=agent == "ebmm-gradnorm",
-        bptt_steps=1 if agent == "ebmm-recurrent-tbptt" else None,
+        bptt_steps=args.bptt_steps if agent == "ebmm-recurrent-tbptt" else None,
         eval_freq=0,
         progress_bar=False,
     )
@@ -124,9 +127,9 @@ def main(args: Args) -> dict[str, dict[str, float]]:
     torch.set_num_threads(args.threads)
     unknown = set(args.agents) - set(AGENTS)
     if unknown:
-        raise SystemExit(f"bench_rl.py: error: unknown agents {sorted(unknown)}; choose among {AGENTS}")
-    if args.repeats < 1 or args.steps < 1:
-        raise SystemExit("bench_rl.py: error: --repeats and --steps must be >= 1")
+        usage_error(f"unknown agents {sorted(unknown)}; choose among {AGENTS}")
+    if args.repeats < 1 or args.steps < 1 or args.bptt_steps < 1:
+        usage_error("--repeats, --steps and --bptt-steps must be >= 1")
     print(f"{args.env}, {args.n_envs} env(s), {args.steps} steps, n_steps {args.n_steps}, batch {args.batch_size}, "
           f"{args.n_epochs} epochs, {args.repeats} round(s); torch threads {torch.get_num_threads()}, load average "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}; {platform.machine()} {os.cpu_count()} CPUs, "

@@ -231,6 +231,8 @@ CLI_CASES = [
     ("resume without run-dir", "meta_train_binary.py", ["--resume"], "--run-dir"),
     ("resume from nothing", "meta_train_binary.py", ["--resume", "--run-dir", "{tmp}/missing"], "checkpoint"),
     ("device bogus", "meta_train_binary.py", ["--device", "bogus"], "device"),
+    ("bench_rl unknown agent", "bench_rl.py", ["--agents", "gru"], "unknown agents"),
+    ("bench_rl bptt 0", "bench_rl.py", ["--bptt-steps", "0"], "--bptt-steps"),
 ]
 if not torch.cuda.is_available():
     CLI_CASES += [
