@@ -14,8 +14,9 @@ Agents: ``mlp`` (PPO, no memory), ``ebmm`` (PPO + EBMMExtractor with its rollout
 graph in updates), ``ebmm-gradnorm`` (writing loss with the paper's ``α‖∇ₓE‖²`` term), ``ebmm-recurrent``
 (sb3-contrib RecurrentPPO with the memory as its recurrent state, ``EBMMRecurrentPolicy``), ``ebmm-recurrent-tbptt``
 (the same trained by ``EBMMRecurrentPPO`` with ``bptt_steps=1``, or ``--bptt-steps k``: each read backpropagates
-through its last ``k`` writes only, from the states the rollout stored), ``lstm`` (sb3-contrib RecurrentPPO). The EBMM memory is a fresh
-MLPEnergy with the ``agents.train`` defaults (hidden 64, dynamic 32, 3 write and 3 read steps, no grad-norm term).
+through its last ``k`` writes only, from the states the rollout stored), ``lstm`` (sb3-contrib RecurrentPPO).
+The EBMM memory is a fresh MLPEnergy with the ``agents.train`` defaults (hidden 64, dynamic 32, 3 write and 3
+read steps, no grad-norm term).
 """
 
 from __future__ import annotations

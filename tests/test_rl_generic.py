@@ -251,6 +251,27 @@ def test_recurrent_route_writes_each_step_once_and_reads_before_writing():
     torch.testing.assert_close(policy._to_memory(state).flatten(), memory.flatten(), rtol=1e-10, atol=1e-10)
 
 
+def test_energy_features_are_the_energies_of_the_query_and_of_the_retrieved_pattern():
+    """The ``energies`` part: E(query) and E(retrieved) by the plain forward pass, also from a lockstep read."""
+    env = SpaceEnv(SPACES["box"], length=6)
+    env.observation_space.seed(1)
+    policy = _float64_policy(None, env, seed=1)
+    ext = policy.features_extractor
+    assert ext.features == ("retrieved", "energies", "query")
+    obs = torch.as_tensor(np.stack([env.observation_space.sample() for _ in range(4)]))
+    rows = ext.encode(ext.rows(obs))  # [4, P]
+    P = rows.shape[1]
+    state = ext.memory.write(rows.flip(0).unsqueeze(1), ext.memory.initial_state(4))  # some written memory
+    after, lockstep = ext.memory.write_and_read(rows.unsqueeze(1), rows.unsqueeze(1), state)
+    for features in (ext.read_features(rows, state), ext.read_features(rows, state, result=lockstep)):
+        retrieved = features[:, :P]
+        energy = ext.memory.energy
+        expected = torch.cat([energy(rows.unsqueeze(1), state.fast_weights),
+                              energy(retrieved.unsqueeze(1), state.fast_weights)], dim=1)  # fmt: skip
+        torch.testing.assert_close(features[:, P : P + 2], expected, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(features[:, P + 2 :], rows, rtol=0, atol=0)
+
+
 def _truncated_reference_grads(policy, obs, state, starts, k, steps=None):
     """Loop by loop: each step's memory without a graph, then its last ``k`` writes again with a graph, then read."""
     ext = policy.features_extractor
