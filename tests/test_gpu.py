@@ -81,6 +81,23 @@ def test_write_read_meta_step_on_device_match_cpu(name):
 
 
 @pytest.mark.parametrize("name", list(ENERGIES))
+def test_lockstep_write_and_read_on_device_match_a_cpu_write_then_read(name):
+    """``EBMMemory.write_and_read`` (an RL rollout step) on the device against ``write`` then ``read`` on the CPU."""
+    cpu = make_memory(name)
+    dev = copy.deepcopy(cpu).to(DEVICE)
+    patterns, queries, _ = batch(name)
+    with torch.no_grad():
+        start = cpu.write(queries)  # some written memory both continue from
+        state_ref, read_ref = cpu.write(patterns, start), cpu.read(queries, start)
+        moved = type(start)({k: w.to(DEVICE) for k, w in start.fast_weights.items()}, start.num_written.to(DEVICE))
+        state, read = dev.write_and_read(patterns.to(DEVICE), queries.to(DEVICE), moved)
+    assert read.iterates.device.type == torch.device(DEVICE).type
+    for k, w in state_ref.fast_weights.items():
+        torch.testing.assert_close(state.fast_weights[k].cpu(), w, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(read.iterates.cpu(), read_ref.iterates, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(ENERGIES))
 def test_closed_form_equals_autograd_on_device(name):
     memory = make_memory(name).to(DEVICE)
     assert memory.uses_closed_form
