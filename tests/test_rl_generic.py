@@ -403,6 +403,16 @@ def test_ebmm_recurrent_ppo_hands_the_stored_state_of_every_step_to_the_update(t
     assert loaded.policy.bptt_steps == 1 and type(loaded.rollout_buffer).__name__ == "_StepStatesBuffer"
 
 
+@pytest.mark.parametrize("space", [SPACES["tuple"], spaces.Dict({"inner": spaces.Dict({"x": SPACES["discrete"]})})])
+def test_ebmm_recurrent_ppo_names_the_wrapper_for_spaces_sb3_cannot_store(space):
+    from ebmm_rl.rl.recurrent import EBMMRecurrentPPO
+
+    with pytest.raises(ValueError, match=r"RowObservation\(env\)"):
+        EBMMRecurrentPPO(env=SpaceEnv(space), **TINY)
+    model = EBMMRecurrentPPO(env=RowObservation(SpaceEnv(space)), **TINY)  # the fix it names works
+    model.learn(16)
+
+
 def test_bptt_steps_refuses_bad_values_and_the_history_route():
     env = SpaceEnv(SPACES["box"], length=6)
     for bad in (0, -1, 1.5, True):

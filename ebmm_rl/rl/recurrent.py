@@ -445,10 +445,16 @@ class EBMMRecurrentPPO(RecurrentPPO):
     chain. The stored states come from the weights of the rollout, up to ``n_epochs`` updates old (the "stored
     state" of recurrent replay in R2D2, Kapturowski et al. 2019); the chain recomputed by plain RecurrentPPO uses
     the current weights. Takes RecurrentPPO's arguments.
+
+    Raises:
+        ValueError: the environment's observation space is one SB3's rollout buffers cannot store (``Tuple``,
+            nested ``Dict``); the message names :class:`~ebmm_rl.rl.wrappers.RowObservation`, which fixes it.
     """
 
     def __init__(self, policy: Any = None, env: Any = None, *args: Any, **kwargs: Any) -> None:
         policy = EBMMRecurrentPolicy if policy is None else policy
+        if hasattr(env, "observation_space"):  # SB3 would stop at a Tuple or nested Dict without naming the fix
+            _check_storable(env.observation_space)
         policy_kwargs = dict(kwargs.pop("policy_kwargs", None) or {})
         policy_kwargs.setdefault("bptt_steps", 1)
         super().__init__(policy, env, *args, policy_kwargs=policy_kwargs, **kwargs)
@@ -469,6 +475,21 @@ class EBMMRecurrentPPO(RecurrentPPO):
             gamma=self.gamma,
             gae_lambda=self.gae_lambda,
             n_envs=self.n_envs,
+        )
+
+
+def _check_storable(space: spaces.Space) -> None:
+    """Raise ValueError, naming the wrapper that fixes it, for a space SB3's rollout buffers cannot store.
+
+    SB3 stores ``Box``, ``Discrete``, ``MultiDiscrete``, ``MultiBinary`` and flat ``Dict`` observations; it rejects
+    ``Tuple`` and nested ``Dict`` spaces with a bare ``NotImplementedError`` while building its buffer.
+    """
+    parts = space.spaces.values() if isinstance(space, spaces.Dict) else ()
+    if isinstance(space, spaces.Tuple) or any(isinstance(s, spaces.Dict | spaces.Tuple) for s in parts):
+        raise ValueError(
+            f"SB3's rollout buffers cannot store this observation space ({space}); wrap the environment so that "
+            "each observation becomes one flat row: env = ebmm_rl.RowObservation(env) (with a VecEnv: "
+            "make_vec_env(..., wrapper_class=RowObservation))"
         )
 
 
