@@ -221,7 +221,7 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
             patterns = queries.reshape(n_seq, -1, queries.shape[-1])  # [n_seq, T, P]
         ext.memory.check_patterns(patterns.reshape(patterns.shape[0], -1, patterns.shape[-1]), "encoded rows")
         if ext.mode == "rows":  # read with each step's row from the earlier steps' memory, then write the row
-            if not create_graph and starts.shape[1] == 1:  # a rollout step: write and read in lockstep
+            if not torch.is_grad_enabled() and starts.shape[1] == 1:  # a rollout step: write and read in lockstep
                 memory_state = self._reset(memory_state, starts[:, 0]) if bool(starts.any()) else memory_state
                 after, result = ext.memory.write_and_read(patterns, queries.unsqueeze(1), memory_state, check=False)
                 features = ext.read_features(queries, memory_state, result=result)
