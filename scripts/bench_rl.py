@@ -70,6 +70,14 @@ class Args:
     """history window of the PPO memory agents (agents.train's --max-patterns)"""
     bptt_steps: int = 1
     """writes each read backpropagates through, for ebmm-recurrent-tbptt (agents.train's --bptt-steps)"""
+    hidden_size: int = TrainArgs.hidden_size
+    """hidden size of the EBMM agents' MLPEnergy (agents.train's --hidden-size)"""
+    dynamic_size: int = TrainArgs.dynamic_size
+    """memory units of the EBMM agents' MLPEnergy (agents.train's --dynamic-size)"""
+    write_steps: int = TrainArgs.write_steps
+    """write steps T of the EBMM agents (agents.train's --write-steps)"""
+    read_steps: int = TrainArgs.read_steps
+    """read steps K of the EBMM agents (agents.train's --read-steps)"""
     repeats: int = 1
     """interleaved rounds over the agents (the table shows medians)"""
     threads: int = 1
@@ -96,6 +104,10 @@ def bench(args: Args, agent: str) -> dict[str, float]:
         freeze_memory=agent == "ebmm-frozen",
         grad_norm_term=agent == "ebmm-gradnorm",
         bptt_steps=args.bptt_steps if agent == "ebmm-recurrent-tbptt" else None,
+        hidden_size=args.hidden_size,
+        dynamic_size=args.dynamic_size,
+        write_steps=args.write_steps,
+        read_steps=args.read_steps,
         eval_freq=0,
         progress_bar=False,
     )
@@ -132,7 +144,9 @@ def main(args: Args) -> dict[str, dict[str, float]]:
     if args.repeats < 1 or args.steps < 1 or args.bptt_steps < 1:
         usage_error("--repeats, --steps and --bptt-steps must be >= 1")
     print(f"{args.env}, {args.n_envs} env(s), {args.steps} steps, n_steps {args.n_steps}, batch {args.batch_size}, "
-          f"{args.n_epochs} epochs, {args.repeats} round(s); torch threads {torch.get_num_threads()}, load average "
+          f"{args.n_epochs} epochs, {args.repeats} round(s); EBMM hidden {args.hidden_size}, dynamic "
+          f"{args.dynamic_size}, T {args.write_steps}, K {args.read_steps}; torch threads {torch.get_num_threads()}, "
+          f"load average "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}; {platform.machine()} {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}")  # fmt: skip
     rounds: list[dict[str, dict[str, float]]] = []

@@ -413,6 +413,22 @@ def test_ebmm_recurrent_ppo_names_the_wrapper_for_spaces_sb3_cannot_store(space)
     model.learn(16)
 
 
+def test_the_fast_memory_preset_builds_the_smaller_memory_and_trains():
+    import copy
+
+    from ebmm_rl.rl import FAST_RL_MEMORY
+    from ebmm_rl.rl.recurrent import EBMMRecurrentPPO
+
+    before = copy.deepcopy(FAST_RL_MEMORY)
+    model = EBMMRecurrentPPO(env=SpaceEnv(SPACES["box"]), policy_kwargs=dict(features_extractor_kwargs=FAST_RL_MEMORY),
+                             **TINY)  # fmt: skip
+    memory = model.policy.features_extractor.memory
+    assert (memory.energy.config.hidden_size, memory.energy.config.dynamic_size) == (32, 16)
+    assert (memory.config.write_steps, memory.config.read_steps) == (2, 2)
+    model.learn(32)
+    assert FAST_RL_MEMORY == before  # a module constant: building a model must not change it
+
+
 def test_bptt_steps_refuses_bad_values_and_the_history_route():
     env = SpaceEnv(SPACES["box"], length=6)
     for bad in (0, -1, 1.5, True):

@@ -10,13 +10,14 @@ sb3-contrib).
 from typing import Any
 
 from ebmm_rl.rl.encoders import RowEncoder
-from ebmm_rl.rl.extractor import FEATURE_PARTS, EBMMExtractor
+from ebmm_rl.rl.extractor import FAST_RL_MEMORY, FEATURE_PARTS, EBMMExtractor
 from ebmm_rl.rl.memory_extractor import MEMORY_FEATURE_PARTS, MemoryExtractor
 from ebmm_rl.rl.policy import EBMMPolicy
 from ebmm_rl.rl.rows import SUPPORTED_SPACES, RowLayout
 from ebmm_rl.rl.wrappers import EpisodeMemoryWrapper, MultiBinaryToMultiDiscrete, RowObservation
 
 __all__ = [
+    "FAST_RL_MEMORY",
     "FEATURE_PARTS",
     "MEMORY_FEATURE_PARTS",
     "SUPPORTED_SPACES",
