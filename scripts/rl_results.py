@@ -48,6 +48,7 @@ import envs  # noqa: F401  (registers the ids)
 from agents.train import Args as TrainArgs
 from agents.train import build_model, make_env, memory_kind
 from agents.train import env_id as train_env_id
+from ebmm_rl.rl import FAST_RL_MEMORY
 from ebmm_rl.stats import mean_ci as t_mean_ci
 
 MEDIUM = tuple(f"ebmm/{f}-Medium-v0" for f in ("BinaryRecall", "KeyValueRecall", "ImageRecall", "Familiarity",
@@ -64,8 +65,8 @@ class Args:
     envs: tuple[str, ...] = MEDIUM
     """environment ids (one table row each)"""
     agents: tuple[str, ...] = ("mlp", "frame-stack", "lstm", "ebmm")
-    """agents: ``--memory`` choices of agents.train, or ebmm-meta, ebmm-recurrent-pre, ebmm-recurrent-tbptt (one
-    table column each)"""
+    """agents: ``--memory`` choices of agents.train, or ebmm-meta, ebmm-recurrent-pre, ebmm-recurrent-tbptt,
+    ebmm-recurrent-fast (one table column each)"""
     seeds: tuple[int, ...] = (0, 1, 2)
     """seeds of agent and environments"""
     steps: int = 5000
@@ -129,6 +130,9 @@ env (its own random-policy episodes, no labels) and keep learning from the RL lo
 TBPTT_AGENT = "ebmm-recurrent-tbptt"
 """``ebmm-recurrent`` trained by ``EBMMRecurrentPPO`` with ``--bptt-steps 1``: each read's gradient goes through the
 last write only, from the state the rollout stored."""
+FAST_AGENT = "ebmm-recurrent-fast"
+""":data:`TBPTT_AGENT` with the smaller memory :data:`ebmm_rl.rl.FAST_RL_MEMORY` (hidden 32, 16 memory units, 2 write
+and 2 read steps)."""
 META_DESCRIPTION = "PPO + EBMMExtractor, memory meta-trained on the env's episodes, then frozen"
 """What :data:`META_AGENT` is, in one line (the plot's legend)."""
 
@@ -141,6 +145,8 @@ def agent_description(agent: str) -> str:
         return "RecurrentPPO + EBMM, memory pre-trained self-supervised on the env's own episodes (no labels)"
     if agent == TBPTT_AGENT:
         return "EBMMRecurrentPPO + EBMM, gradient through each read's last write (stored rollout states)"
+    if agent == FAST_AGENT:
+        return "EBMMRecurrentPPO + the smaller FAST_RL_MEMORY, gradient through each read's last write"
     try:
         return memory_kind(agent).description
     except ValueError:
@@ -156,6 +162,8 @@ def agent_args(env_id: str, agent: str, meta_dir: str | Path = "runs") -> dict[s
     """``agents.train.Args`` fields of ``agent``: a ``--memory`` choice, or :data:`META_AGENT`."""
     if agent == TBPTT_AGENT:
         return dict(memory="ebmm-recurrent", bptt_steps=1)
+    if agent == FAST_AGENT:
+        return dict(memory="ebmm-recurrent", bptt_steps=1, **FAST_RL_MEMORY["energy"], **FAST_RL_MEMORY["ebmm"])
     if agent not in (META_AGENT, PRETRAINED_AGENT):
         memory_kind(agent)
         return dict(memory=agent)

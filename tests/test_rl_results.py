@@ -54,6 +54,23 @@ def test_sweep_writes_the_table_and_resumes(tmp_path):
     assert again.returncode == 0 and "seed 0: return" not in again.stdout  # nothing re-trained
 
 
+def test_the_fast_agent_trains_the_fast_memory_with_ebmm_recurrent_ppo():
+    fields = rl_results.agent_args("ebmm/CartPole-NoVel-v1", rl_results.FAST_AGENT)
+    assert fields == dict(memory="ebmm-recurrent", bptt_steps=1, hidden_size=32, dynamic_size=16, write_steps=2,
+                          read_steps=2)  # fmt: skip
+    from dataclasses import replace
+
+    from agents.train import Args, build_model, make_env
+
+    args = replace(Args(), env="ebmm/CartPole-NoVel-v1", n_steps=16, batch_size=16, n_epochs=1, n_envs=2,
+                   vec_env="dummy", **fields)  # fmt: skip
+    model = build_model(args, make_env(args))
+    memory = model.policy.features_extractor.memory
+    assert type(model).__name__ == "EBMMRecurrentPPO" and model.policy.bptt_steps == 1
+    assert (memory.energy.config.hidden_size, memory.energy.config.dynamic_size) == (32, 16)
+    assert (memory.config.write_steps, memory.config.read_steps) == (2, 2)
+
+
 def test_meta_agent_uses_a_frozen_env_checkpoint(tmp_path):
     import torch
 
