@@ -92,7 +92,8 @@ arithmetic per env step (4 energy-gradient evaluations of about 20 kFLOP per row
 1.26× (10 epochs) RecurrentPPO-LSTM's learn steps per CPU-second, side by side, against 0.66× and 0.76× with
 the defaults. Over 5 seeds of 30,000 steps it returned 137 on average (50-231), against 98 (54-166) with the
 defaults; on ``ebmm/DelayedRecall-Easy-v0`` (3 seeds, 16,000 steps) the recurrent route scored 1.000 against 0.963,
-the extractor 0.829 against 0.894 (one seed of three at 0.723). Its smaller memory holds less: prefer the
+the extractor 0.829 against 0.894 (one seed of three at 0.723); on ``ebmm/KeyValueRecall-Easy-v0`` the recurrent
+route 0.818 against 0.837. Its smaller memory holds less: prefer the
 defaults where an episode has many things to remember, and for the extractor route."""
 
 _REQUIRED_KEYS = ("history", "history_len", "query")
