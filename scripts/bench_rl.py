@@ -78,6 +78,9 @@ class Args:
     """write steps T of the EBMM agents (agents.train's --write-steps)"""
     read_steps: int = TrainArgs.read_steps
     """read steps K of the EBMM agents (agents.train's --read-steps)"""
+    chunk_size: int = TrainArgs.chunk_size
+    """patterns per write of the PPO extractor agents (agents.train's --chunk-size; >= the history length writes
+    it at once, the paper's batch writing); the recurrent agents always write one per step"""
     repeats: int = 1
     """interleaved rounds over the agents (the table shows medians)"""
     threads: int = 1
@@ -108,6 +111,7 @@ def bench(args: Args, agent: str) -> dict[str, float]:
         dynamic_size=args.dynamic_size,
         write_steps=args.write_steps,
         read_steps=args.read_steps,
+        chunk_size=1 if memory == "ebmm-recurrent" else args.chunk_size,
         eval_freq=0,
         progress_bar=False,
     )
@@ -141,11 +145,12 @@ def main(args: Args) -> dict[str, dict[str, float]]:
     unknown = set(args.agents) - set(AGENTS)
     if unknown:
         usage_error(f"unknown agents {sorted(unknown)}; choose among {AGENTS}")
-    if args.repeats < 1 or args.steps < 1 or args.bptt_steps < 1:
-        usage_error("--repeats, --steps and --bptt-steps must be >= 1")
+    if min(args.repeats, args.steps, args.bptt_steps, args.chunk_size, args.write_steps, args.read_steps) < 1:
+        usage_error("--repeats, --steps, --bptt-steps, --chunk-size, --write-steps and --read-steps must be >= 1")
     print(f"{args.env}, {args.n_envs} env(s), {args.steps} steps, n_steps {args.n_steps}, batch {args.batch_size}, "
           f"{args.n_epochs} epochs, {args.repeats} round(s); EBMM hidden {args.hidden_size}, dynamic "
-          f"{args.dynamic_size}, T {args.write_steps}, K {args.read_steps}; torch threads {torch.get_num_threads()}, "
+          f"{args.dynamic_size}, T {args.write_steps}, K {args.read_steps}, extractor chunk {args.chunk_size}; "
+          f"torch threads {torch.get_num_threads()}, "
           f"load average "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}; {platform.machine()} {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}")  # fmt: skip
