@@ -464,24 +464,21 @@ class EBMMemory(nn.Module):
                         grad_norm_weights,
                     )
                     grad_x = out.grad_x[B:]
-                elif writes:
-                    out = self.energy.closed_form_grads(
-                        patterns, fast, weights, None if grad_norm_weights is None else grad_norm_weights[:B]
-                    )
-                else:
-                    grad_x = self.energy.closed_form_grads(x_hat, start).grad_x
-                if writes:
                     grads_e = [out.grad_theta[n][:B] for n in names]
                     grads_g = (
                         None if out.grad_theta_grad_norm is None else [out.grad_theta_grad_norm[n][:B] for n in names]
                     )
+                elif writes:
+                    grads_e, grads_g = self._writing_loss_grads(patterns, fast, names, weights, alpha, False)
+                else:
+                    grad_x = self.energy.closed_form_grads(x_hat, start).grad_x
+                if writes:
                     fast = update(i, fast, grads_e, grads_g)
                 if reads:
                     velocity = psis[i] * velocity - gammas[i] * grad_x
                     x = (x + velocity).clamp(lo, hi)
                     iterates.append(x)
-        count = torch.full_like(state.num_written, N)
-        return MemoryState(fast, state.num_written + count), ReadResult(torch.stack(iterates))
+        return MemoryState(fast, state.num_written + N), ReadResult(torch.stack(iterates))
 
     @property
     def uses_closed_form(self) -> bool:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -175,7 +176,7 @@ def main_self_supervised(args: Args) -> dict[str, float]:
     encoder = build_encoder(train_rows.layout, args.encoder, args.pattern_size, args.seed)
     encoder.requires_grad_(False)
     memory = build_memory(args, encoder.pattern_size, encoder.data_range)
-    run_dir = Path(args.run_dir or Path(args.run_root) / f"env__{args.env.split('/')[-1]}__{args.seed}")
+    run_dir = _run_dir(args)
     held = held_rows.sample(args.eval_rows, args.window, torch.Generator().manual_seed(10_000 + args.seed))
     held_queries = torch.Generator().manual_seed(20_000 + args.seed)
     forward = self_supervised_forward(encoder, args.chunk_size, args.keep_fraction)
@@ -201,22 +202,34 @@ def main_self_supervised(args: Args) -> dict[str, float]:
     print("before meta-training: " + ", ".join(f"{k} {v:.4f}" for k, v in before.items()))
     run_dir.mkdir(parents=True, exist_ok=True)
     save_atomic(encoder_record(encoder), run_dir / ENCODER_FILE)
-    trainer = MetaTrainer(
-        memory,
-        lambda g: train_rows.sample(args.batch_size, args.window, g),
-        _train_config(args),
-        run_dir=run_dir,
-        hparams=asdict(args),
-        evaluate=evaluate,
-        forward=forward,
-    )
+
+    def sample(generator: torch.Generator):  # noqa: ANN202  (a batch of rows and their lengths)
+        return train_rows.sample(args.batch_size, args.window, generator)
+
+    after = _train_and_report(args, memory, sample, run_dir, evaluate, forward)
+    print(f"use it: --memory-checkpoint {run_dir / 'best.pt'} (the encoder {run_dir / ENCODER_FILE} is found there)")
+    return after
+
+
+def _run_dir(args: Args) -> Path:
+    return Path(args.run_dir or Path(args.run_root) / f"env__{args.env.split('/')[-1]}__{args.seed}")
+
+
+def _train_and_report(
+    args: Args, memory: EBMMemory, sample: Callable, run_dir: Path, evaluate: Callable, forward: Callable
+) -> dict[str, float]:
+    """Meta-train ``memory`` with ``MetaTrainer`` and print the metrics it ends with.
+
+    ``sample``, ``evaluate`` and ``forward`` are ``MetaTrainer``'s arguments of those names.
+    """
+    trainer = MetaTrainer(memory, sample, _train_config(args), run_dir=run_dir, hparams=asdict(args),
+                          evaluate=evaluate, forward=forward)  # fmt: skip
     start = time.process_time()
     after = trainer.train(resume=args.resume)
     print(
         f"after {trainer.step} meta-steps ({(time.process_time() - start) / 60:.1f} CPU min): "
         + ", ".join(f"{k} {v:.4f}" for k, v in after.items())
     )
-    print(f"use it: --memory-checkpoint {run_dir / 'best.pt'} (the encoder {run_dir / ENCODER_FILE} is found there)")
     return after
 
 
@@ -256,7 +269,7 @@ def main(args: Args) -> dict[str, float]:
         sampler = EnvRecallSampler(args.env, write_phases=(0, 1) if write_queries else (0,))
     except ValueError as error:
         usage_error(f"--targets ground-truth: {error}")
-    run_dir = Path(args.run_dir or Path(args.run_root) / f"env__{args.env.split('/')[-1]}__{args.seed}")
+    run_dir = _run_dir(args)
     memory = build_memory(args, sampler.pattern_size, sampler.data_range)
     held_out = sampler.sample(args.eval_rows, torch.Generator().manual_seed(10_000 + args.seed))
 
@@ -266,21 +279,8 @@ def main(args: Args) -> dict[str, float]:
     before = evaluate(memory)
     print(f"{args.env}: memory size {memory.memory_size} floats, run folder {run_dir}")
     print("before meta-training: " + ", ".join(f"{k} {v:.4f}" for k, v in before.items()))
-    trainer = MetaTrainer(
-        memory,
-        sampler.sampler(args.batch_size),
-        _train_config(args),
-        run_dir=run_dir,
-        hparams=asdict(args),
-        evaluate=evaluate,
-        forward=recall_forward(args.chunk_size),
-    )
-    start = time.process_time()
-    after = trainer.train(resume=args.resume)
-    print(
-        f"after {trainer.step} meta-steps ({(time.process_time() - start) / 60:.1f} CPU min): "
-        + ", ".join(f"{k} {v:.4f}" for k, v in after.items())
-    )
+    after = _train_and_report(args, memory, sampler.sampler(args.batch_size), run_dir, evaluate,
+                              recall_forward(args.chunk_size))  # fmt: skip
     print(f"use it: --memory-checkpoint {run_dir / 'best.pt'}")
     return after
 
