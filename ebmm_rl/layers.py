@@ -12,8 +12,9 @@ so the tests compare two genuinely different code paths.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -159,16 +160,16 @@ class EnergyGrads:
     """Energies and their gradients computed in closed form (:meth:`EnergyNet.closed_form_grads`).
 
     Attributes:
-        energy: ``[B, M]`` energies ``E(x_m)``.
-        grad_x: ``[B, M, D...]`` ``∇ₓE`` of each pattern at fixed fast weights.
+        energy: ``[B, M]`` energies ``E(x_m)``, or ``None`` if ``need_grad_x=False`` was passed.
+        grad_x: ``[B, M, D...]`` ``∇ₓE`` of each pattern at fixed fast weights, or ``None`` as ``energy``.
         grad_theta: fast-weight name -> ``[B, *parameter_shape]``: ``Σₘ wₘ ∇_θ E(x_m)`` per episode, or ``None``
             if no ``energy_weights`` were given.
         grad_theta_grad_norm: fast-weight name -> ``[B, *parameter_shape]``: ``∇_θ Σₘ cₘ ‖∇ₓE(x_m)‖²`` per
             episode, or ``None`` if no ``grad_norm_weights`` were given.
     """
 
-    energy: Tensor
-    grad_x: Tensor
+    energy: Tensor | None
+    grad_x: Tensor | None
     grad_theta: dict[str, Tensor] | None = None
     grad_theta_grad_norm: dict[str, Tensor] | None = None
 
@@ -204,6 +205,38 @@ def memory_linear_grads(
     if layer.bias is not None:
         grads[prefix + "bias"] = grad_out.sum(dim=1)  # [B, out]
     return grads
+
+
+def context_terms(
+    context: dict[str, Any] | None,
+    x: Tensor,
+    weight_terms: Callable[[], dict[str, Tensor]],
+    x_terms: Callable[[dict[str, Tensor]], dict[str, Tensor]],
+) -> dict[str, Any]:
+    """The terms of a closed form that depend on the slow weights only, and on ``x``, kept in ``context``.
+
+    Args:
+        context: ``None`` (compute both, keep nothing) or a dict shared by calls during which the slow weights do
+            not change (the ``T`` steps of one write, the ``K`` steps of one read).
+        x: the call's input.
+        weight_terms: computes the terms that depend on the slow weights only; called once per context.
+        x_terms: computes the terms that also depend on ``x``, from the weight terms; called again whenever ``x``
+            is not the tensor object they were made for.
+
+    Returns:
+        The context (a fresh dict if ``None``) holding both. It is emptied first when the grad mode differs from
+        the one it was filled in, so that no term lacks the graph a call needs.
+    """
+    grad = torch.is_grad_enabled()
+    context = {} if context is None else context
+    if context.get("_grad") is not grad:
+        context.clear()
+        context["_grad"] = grad
+        context.update(weight_terms())
+    if context.get("_x") is not x:
+        context["_x"] = x
+        context.update(x_terms(context))
+    return context
 
 
 def memory_linear_apply(layer: MemoryLinear, x: Tensor, fast: FastWeights) -> tuple[Tensor, Tensor]:
@@ -279,6 +312,8 @@ class EnergyNet(nn.Module):
         fast: FastWeights,
         energy_weights: Tensor | None = None,
         grad_norm_weights: Tensor | None = None,
+        need_grad_x: bool = True,
+        context: dict[str, Any] | None = None,
     ) -> EnergyGrads:
         """Energies and gradients as explicit, differentiable tensor expressions (no ``torch.autograd.grad``).
 
@@ -287,6 +322,13 @@ class EnergyNet(nn.Module):
             fast: fast weights by name, each ``[B, *parameter_shape]``.
             energy_weights: optional ``[B, M]`` weights ``w``; returns ``Σₘ wₘ ∇_θE(x_m)`` per episode.
             grad_norm_weights: optional ``[B, M]`` weights ``c``; returns ``∇_θ Σₘ cₘ ‖∇ₓE(x_m)‖²`` per episode.
+            need_grad_x: ``False`` skips the energies and ``∇ₓE`` (``None`` in the result) where only
+                ``∇_θE`` is wanted: a write without the grad-norm term. Ignored when ``grad_norm_weights`` is
+                given (that term needs ``∇ₓE``).
+            context: optional dict shared by calls during which the slow weights do not change (the ``T`` steps
+                of one write, the ``K`` steps of one read): an energy may keep there what depends on its slow
+                weights only, and what depends on ``x`` too while ``x`` is the same tensor object
+                (:func:`context_terms`). Pass a fresh dict per write or read.
 
         Returns:
             An :class:`EnergyGrads`.

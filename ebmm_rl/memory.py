@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -311,6 +311,7 @@ class EBMMemory(nn.Module):
         names = list(self.energy.memory_parameters())
         fast = dict(state.fast_weights)
         closed_form = self.uses_closed_form
+        context: dict[str, Any] = {}  # the closed form's terms that do not change between the T steps
         with torch.enable_grad():
             for t in range(self.config.write_steps):
                 if closed_form:  # ordinary tensor expressions: no leaves to differentiate with respect to
@@ -319,7 +320,9 @@ class EBMMemory(nn.Module):
                     fast = {n: w.detach().requires_grad_(True) for n, w in fast.items()}
                 else:  # a detached starting state (e.g. stored by an RL rollout) still needs ∇_θ
                     fast = {n: w if w.requires_grad else w.detach().requires_grad_(True) for n, w in fast.items()}
-                grads_e, grads_g = self._writing_loss_grads(patterns, fast, names, weights, alpha, create_graph)
+                grads_e, grads_g = self._writing_loss_grads(
+                    patterns, fast, names, weights, alpha, create_graph, context
+                )
                 fast = update(t, fast, grads_e, grads_g)
         if pattern_mask is not None:  # an episode with only padding in this chunk keeps its memory unchanged
             written = pattern_mask.any(dim=1)  # [B]
@@ -391,11 +394,12 @@ class EBMMemory(nn.Module):
             new_fast = {}
             for i, n in enumerate(names):
                 lr_e, lr_g, shrink = (rate_rows[j][t][layer_of[i]] for j in range(3))
-                if create_graph:
-                    step = lr_e * grads_e[i] + shrink * (fast[n] - anchor[n])
+                if create_graph:  # θ − η_E g_E − shrink·(θ − θ̃) [− η_G g_G], as fused multiply-adds
+                    new = torch.addcmul(fast[n], grads_e[i], lr_e, value=-1)
+                    new = torch.addcmul(new, fast[n] - anchor[n], shrink, value=-1)
                     if grads_g is not None:
-                        step = step + lr_g * grads_g[i]
-                    new_fast[n] = fast[n] - step
+                        new = torch.addcmul(new, grads_g[i], lr_g, value=-1)
+                    new_fast[n] = new
                 else:
                     with torch.no_grad():
                         new = torch.add(fast[n], grads_e[i], alpha=-lr_e)
@@ -453,6 +457,7 @@ class EBMMemory(nn.Module):
             gammas, psis = self.read_step_sizes.tolist(), self.momenta.tolist()
             x = queries.clamp(lo, hi)
             iterates, velocity, fast = [x], torch.zeros_like(x), start
+            context: dict[str, Any] = {}  # the closed form's terms of the slow weights, for every call below
             for i in range(max(self.config.write_steps, self.config.read_steps)):
                 writes, reads = i < self.config.write_steps, i < self.config.read_steps
                 x_hat = (x + psis[i] * velocity).clamp(lo, hi) if reads else None
@@ -462,6 +467,7 @@ class EBMMemory(nn.Module):
                         {n: torch.cat([fast[n], start[n]]) for n in names},
                         both_weights,
                         grad_norm_weights,
+                        context=context,
                     )
                     grad_x = out.grad_x[B:]
                     grads_e = [out.grad_theta[n][:B] for n in names]
@@ -469,9 +475,9 @@ class EBMMemory(nn.Module):
                         None if out.grad_theta_grad_norm is None else [out.grad_theta_grad_norm[n][:B] for n in names]
                     )
                 elif writes:
-                    grads_e, grads_g = self._writing_loss_grads(patterns, fast, names, weights, alpha, False)
+                    grads_e, grads_g = self._writing_loss_grads(patterns, fast, names, weights, alpha, False, context)
                 else:
-                    grad_x = self.energy.closed_form_grads(x_hat, start).grad_x
+                    grad_x = self.energy.closed_form_grads(x_hat, start, context=context).grad_x
                 if writes:
                     fast = update(i, fast, grads_e, grads_g)
                 if reads:
@@ -497,17 +503,23 @@ class EBMMemory(nn.Module):
         weights: Tensor,
         alpha: Tensor,
         create_graph: bool,
+        context: dict[str, Any] | None = None,
     ) -> tuple[list[Tensor], list[Tensor] | None]:
         """Gradients w.r.t. the fast weights of the energy term and of the ``α‖∇ₓE‖²`` term.
 
         Both are averaged over each episode's patterns. (The prior term's gradient, ``2β(θ − θ̄)``, is analytic.)
         ``∇ₓE`` is the partial derivative at fixed θ: the fast weights themselves depend on the patterns through
         earlier steps, and differentiating through that history would be wrong (and cost grows with every step).
+        ``context``: one dict for the ``T`` steps of a write (the closed form's terms that depend on the patterns
+        and the slow weights only are computed once).
         """
         if self.uses_closed_form:  # explicit expressions; the meta-gradient is the only autograd level through them
             with torch.set_grad_enabled(create_graph):
-                grad_norm_weights = alpha * weights if self.config.use_grad_norm_term else None
-                out = self.energy.closed_form_grads(patterns, fast, weights, grad_norm_weights)
+                use_g = self.config.use_grad_norm_term
+                grad_norm_weights = alpha * weights if use_g else None
+                out = self.energy.closed_form_grads(
+                    patterns, fast, weights, grad_norm_weights, need_grad_x=use_g, context=context
+                )
             grads_g = None if out.grad_theta_grad_norm is None else [out.grad_theta_grad_norm[n] for n in names]
             return [out.grad_theta[n] for n in names], grads_g
         # A fresh node per step, so that ∇ₓE below is the partial derivative at fixed θ.
@@ -585,11 +597,12 @@ class EBMMemory(nn.Module):
         iterates = [x]
         velocity = torch.zeros_like(x)
         closed_form = self.uses_closed_form
+        context: dict[str, Any] = {}  # the closed form's terms of the slow weights, shared by the K steps
         with torch.set_grad_enabled(create_graph or not closed_form):
             for k in range(self.config.read_steps):
                 x_hat = project(x + psis[k] * velocity)
                 if closed_form:
-                    grad = self.energy.closed_form_grads(x_hat, fast).grad_x
+                    grad = self.energy.closed_form_grads(x_hat, fast, context=context).grad_x
                 else:
                     if not x_hat.requires_grad:
                         x_hat = x_hat.requires_grad_(True)

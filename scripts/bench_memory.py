@@ -12,8 +12,9 @@ each is reported by the median of its rounds: wall time and CPU time (``time.pro
 episode, the FLOPs of the step (every ``mm``/``addmm``/``bmm``/``baddbmm``/convolution of the forward and every
 backward pass, counted by a ``TorchDispatchMode``; ``torch.utils.flop_counter.FlopCounterMode`` crashes on the
 nested-grad meta-step in torch 2.13) and the achieved GFLOP per CPU-second beside the rate of a plain matmul
-measured in the same rounds (on a shared machine even CPU time slows down when the other cores are busy). It
-also prints the CPU time of a batched write and of a read without a graph (as in RL rollouts). The header
+measured in the same rounds (on a shared machine even CPU time slows down when the other cores are busy), and
+the number of aten ops of the step (the same dispatch mode: on small tensors each costs its overhead, whatever
+its size). It also prints the CPU time of a batched write and of a read without a graph (as in RL rollouts). The header
 prints the machine and the thread count, and the load average at start and end.
 
 On a GPU it adds, per row, meta-steps per second (wall time), the achieved TFLOP/s and its fraction of the card's
@@ -212,10 +213,12 @@ class MatmulFlopCounter(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.flops = 0
+        self.ops = 0  # every aten op that reaches the dispatcher (views included): the per-op overhead's count
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: D105
         out = func(*args, **(kwargs or {}))
         self.flops += _flops(func, args, out)
+        self.ops += 1
         return out
 
 
@@ -235,11 +238,11 @@ def _flops(func, args, out) -> int:
     return 0
 
 
-def count_flops(fn: Callable[[], None]) -> int:
-    """Matmul/convolution FLOPs of one call of ``fn``."""
+def count_flops(fn: Callable[[], None]) -> tuple[int, int]:
+    """``(matmul/convolution FLOPs, aten ops)`` of one call of ``fn``."""
     with MatmulFlopCounter() as counter:
         fn()
-    return counter.flops
+    return counter.flops, counter.ops
 
 
 def matmul_gflops(device: torch.device, size: int = 512, min_seconds: float = 0.2) -> float:
@@ -405,7 +408,8 @@ def bench_model(model: Model, B: int, args: Args, device: torch.device, unit: st
                 oom_rows[-1]["oom"] = True
         if not combos:
             return oom_rows
-        flops = {c: count_flops(steps[c]) for c in combos}
+        counts = {c: count_flops(steps[c]) for c in combos}
+        flops, ops = {c: n[0] for c, n in counts.items()}, {c: n[1] for c, n in counts.items()}
         times: dict[tuple[str, str, str], list[tuple[float, float]]] = {c: [] for c in combos}
         rates = []  # the matmul rate, measured in every round beside the steps
         rollout: dict[str, list[tuple[float, float]]] = {path: [] for path in paths}  # (write, read) CPU seconds
@@ -438,7 +442,7 @@ def bench_model(model: Model, B: int, args: Args, device: torch.device, unit: st
         row = {
             "model": model, "batch_size": B, "num_patterns": patterns.shape[1], "memory_size": memory.memory_size,
             "path": c[0], "mode": c[1], "precision": c[2], "wall_s": wall, "cpu_s": cpu[c], "gflop": flops[c] / 1e9,
-            "achieved_gflops": achieved, "matmul_gflops": rate, "peak_mib": peak, "oom": False,
+            "achieved_gflops": achieved, "matmul_gflops": rate, "peak_mib": peak, "aten_ops": ops[c], "oom": False,
         }  # fmt: skip
         if cuda:
             peak_tflops = peak_tflops_of(torch.cuda.get_device_name(device), c[2], args.peak_tflops)
@@ -448,6 +452,8 @@ def bench_model(model: Model, B: int, args: Args, device: torch.device, unit: st
         rows.append(row)
         print(line, flush=True)
     print(f"{model:8} plain 512x512 fp32 matmul, measured in the same rounds: {rate:.1f} {unit}")
+    print(f"{model:8} aten ops per meta-step, forward and backward: "
+          + ", ".join(f"{c[0]} {c[1]} {c[2]} {ops[c]:,}" for c in combos))  # fmt: skip
     prec = args.precisions[0]
     paths = tuple(p for p in paths if all((p, m, prec) in cpu for m in args.modes))  # those that fitted
     if set(MODES) <= set(args.modes):

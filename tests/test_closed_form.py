@@ -253,3 +253,35 @@ def test_write_and_read_in_lockstep_equal_a_write_then_a_read(name, steps, grad_
     torch.testing.assert_close(read.iterates, read_ref.iterates, **TOL)
     assert (state.flatten() - start.flatten()).abs().max() > 1e-3  # it wrote
     assert (read.retrieved - read.iterates[0]).abs().max() > 1e-3  # it read
+
+
+@pytest.mark.parametrize("name", list(ENERGIES))
+def test_closed_form_without_grad_x_and_with_a_shared_context(name):
+    """``need_grad_x=False`` skips ``E`` and ``∇ₓE`` only; a context is reused for the same ``x`` object only."""
+    energy = ENERGIES[name]().double()
+    torch.manual_seed(3)
+    B, M, D = 3, 2, energy.data_shape[0]
+    x = torch.rand(B, M, D, dtype=torch.float64) * 2 - 1
+    w, c = torch.rand(B, M, dtype=torch.float64), torch.rand(B, M, dtype=torch.float64)
+    fast_a, fast_b = perturbed_fast_weights(energy, B), perturbed_fast_weights(energy, B)
+    _, _, ge_b, _ = autograd_reference(energy, x, fast_b, w, c)
+    theta_only = energy.closed_form_grads(x, fast_b, w, need_grad_x=False)
+    assert theta_only.energy is None and theta_only.grad_x is None
+    for n in ge_b:
+        torch.testing.assert_close(theta_only.grad_theta[n], ge_b[n], **TOL)
+    with_norm = energy.closed_form_grads(x, fast_b, w, c, need_grad_x=False)  # the grad-norm term needs ∇ₓE
+    assert with_norm.grad_x is not None
+
+    context: dict = {}
+    energy.closed_form_grads(x, fast_a, w, context=context)  # fills the context for x
+    shared = energy.closed_form_grads(x, fast_b, w, c, context=context)  # the same x, other fast weights
+    energies, gx, ge, gg = autograd_reference(energy, x, fast_b, w, c)
+    torch.testing.assert_close(shared.energy, energies, **TOL)
+    torch.testing.assert_close(shared.grad_x, gx, **TOL)
+    for n in ge:
+        torch.testing.assert_close(shared.grad_theta[n], ge[n], **TOL)
+        torch.testing.assert_close(shared.grad_theta_grad_norm[n], gg[n], **TOL)
+    y = torch.rand(B, M, D, dtype=torch.float64) * 2 - 1  # another x: the context is rebuilt, not reused
+    other = energy.closed_form_grads(y, fast_b, context=context)
+    _, gy, _, _ = autograd_reference(energy, y, fast_b, w, c)
+    torch.testing.assert_close(other.grad_x, gy, **TOL)

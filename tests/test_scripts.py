@@ -74,6 +74,12 @@ def test_bench_memory_prints_the_table():
         speedup = float(re.search(pattern, out).group(1))
         ratio = rows[(model, path, "loop")]["ms_ep"] / rows[(model, path, "batched")]["ms_ep"]
         assert speedup == pytest.approx(ratio, rel=0.02)
+    for model in ("binary", "conv", "mlp"):  # the op count of every row of the model, and more ops in the loop
+        line = re.search(rf"{model}\s+aten ops per meta-step, forward and backward: (.*)", out).group(1)
+        ops = {tuple(part.split()[:2]): int(part.split()[3].replace(",", "")) for part in line.split(", ")}
+        assert set(ops) == {(p, m) for mm, p, m in rows if mm == model}
+        for path in {p for p, _ in ops}:
+            assert ops[(path, "loop")] > ops[(path, "batched")] > 0  # the loop runs the ops once per episode (B=2)
     # the two paths do the same matmuls: equal FLOP counts within 2%
     assert rows[("binary", "closed", "batched")]["gflop"] == pytest.approx(
         rows[("binary", "autograd", "batched")]["gflop"], rel=0.02

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +13,7 @@ from ebmm_rl.layers import (
     EnergyNet,
     FastWeights,
     MemoryLinear,
+    context_terms,
     he_init_,
     memory_linear_apply,
     memory_linear_grads,
@@ -88,8 +90,12 @@ class MLPEnergy(EnergyNet):
         fast: FastWeights,
         energy_weights: Tensor | None = None,
         grad_norm_weights: Tensor | None = None,
+        need_grad_x: bool = True,
+        context: dict[str, Any] | None = None,
     ) -> EnergyGrads:
         """Energies and gradients in closed form (see :meth:`EnergyNet.closed_form_grads`).
+
+        ``context`` keeps the static layer's output ``static(x)`` and the stacked gate and candidate weights.
 
         Forward ``z = [a, static(x)]`` with ``a = W x + b`` (the memory layer), ``h₀ = tanh z``, per hop
         ``u = σ(W_g h + b_g)``, ``c = tanh(W_h h + b_h)``, ``h ← h + u(c − h)``; ``t = tanh(W_o h + b_o)``,
@@ -106,14 +112,13 @@ class MLPEnergy(EnergyNet):
         """
         B, M, D = x.shape
         dyn, hidden, hops = self.config.dynamic_size, self.config.hidden_size, self.config.hops
+        need_grad_x = need_grad_x or grad_norm_weights is not None
         a, W = memory_linear_apply(self.memory, x, fast)  # [B, M, dynamic], [B, dynamic, D]
         a = a.reshape(B * M, dyn)
-        x2 = x.reshape(B * M, D)
-        z = a if self.static is None else torch.cat([a, self.static(x2)], dim=-1)  # [R, hidden], R = B·M rows
+        terms = self._slow_terms(x, context)
+        z = a if self.static is None else torch.cat([a, terms["static"]], dim=-1)  # [R, hidden], R = B·M rows
         h0 = torch.tanh(z)
-        # gate and candidate from one matmul: rows [:hidden] of w_uc are the gate's, rows [hidden:] the candidate's
-        w_uc = torch.cat([self.gate.weight, self.hidden.weight])  # [2·hidden, hidden]
-        b_uc = torch.cat([self.gate.bias, self.hidden.bias])
+        w_uc, b_uc = terms["w_uc"], terms["b_uc"]
         hs, us, cs, c_minus_h = [h0], [], [], []  # per hop: input, gate, candidate, c − h
         h = h0
         for _ in range(hops):
@@ -127,7 +132,7 @@ class MLPEnergy(EnergyNet):
             hs.append(h)
         t = torch.tanh(self.head(h))  # [R, hidden]
         w_e = self.energy.weight[0]  # [hidden]
-        energy = (t @ w_e).reshape(B, M)
+        energy = (t @ w_e).reshape(B, M) if need_grad_x else None
 
         # backward: gh_out[i] = ∂E/∂hs[i + 1]; gcs/gus the gradients at the candidate and gate of hop i
         gh = tanh_backward(w_e.expand_as(t), t) @ self.head.weight  # [R, hidden]
@@ -142,9 +147,11 @@ class MLPEnergy(EnergyNet):
         gh0 = gh  # ∂E/∂h₀
         gz = tanh_backward(gh0, h0)  # ∂E/∂z
         g_a = gz[:, :dyn].reshape(B, M, dyn)
-        grad_x = torch.bmm(g_a, W)  # [B, M, D]
-        if self.static is not None:
-            grad_x = grad_x + (gz[:, dyn:] @ self.static.weight).reshape(B, M, D)
+        grad_x = None
+        if need_grad_x:
+            grad_x = torch.bmm(g_a, W)  # [B, M, D]
+            if self.static is not None:
+                grad_x = grad_x + (gz[:, dyn:] @ self.static.weight).reshape(B, M, D)
 
         grad_theta = None
         if energy_weights is not None:
@@ -181,3 +188,20 @@ class MLPEnergy(EnergyNet):
             s = dgz[:, :dyn].reshape(B, M, dyn)  # ∂(rᵀ∇ₓE)/∂a
             grad_theta_grad_norm = memory_linear_grads(self.memory, x, s, tangent_x=r, tangent_grad_out=g_a)
         return EnergyGrads(energy, grad_x, grad_theta, grad_theta_grad_norm)
+
+    def _slow_terms(self, x: Tensor, context: dict[str, Any] | None) -> dict[str, Any]:
+        """What the closed form needs that depends on the slow weights and ``x`` only, kept in ``context``.
+
+        ``w_uc``, ``b_uc``: the gate's and the candidate's weights stacked for one matmul (rows ``[:hidden]`` the
+        gate's), kept for the context's life; ``static``: ``static(x)`` ``[B·M, hidden − dynamic]`` (absent without
+        a static part), kept while ``x`` is the same tensor object. See :func:`~ebmm_rl.layers.context_terms`.
+        """
+        return context_terms(
+            context,
+            x,
+            lambda: {
+                "w_uc": torch.cat([self.gate.weight, self.hidden.weight]),  # [2·hidden, hidden]
+                "b_uc": torch.cat([self.gate.bias, self.hidden.bias]),
+            },
+            lambda _: {} if self.static is None else {"static": self.static(x.reshape(-1, x.shape[-1]))},
+        )

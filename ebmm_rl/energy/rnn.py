@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,7 @@ from ebmm_rl.layers import (
     EnergyNet,
     FastWeights,
     MemoryLinear,
+    context_terms,
     he_init_,
     memory_linear_apply,
     memory_linear_grads,
@@ -106,8 +108,12 @@ class GatedRNNEnergy(EnergyNet):
         fast: FastWeights,
         energy_weights: Tensor | None = None,
         grad_norm_weights: Tensor | None = None,
+        need_grad_x: bool = True,
+        context: dict[str, Any] | None = None,
     ) -> EnergyGrads:
         """Energies and gradients in closed form (see :meth:`EnergyNet.closed_form_grads`).
+
+        ``context`` keeps the input half of the static and gate pre-activations and the stacked weights.
 
         Forward (``sₖ`` the state before hop ``k``, ``s₀ = 0``): ``a = W x + b`` (the memory layer),
         ``zₖ = [a, S_x x + b_S + S_h sₖ]``, ``cₖ = tanh zₖ``, ``uₖ = σ(G_x x + b_G + G_h sₖ)``,
@@ -127,12 +133,11 @@ class GatedRNNEnergy(EnergyNet):
         B, M, D = x.shape
         dyn, hops = self.config.dynamic_size, self.config.hops
         n_static = self.config.hidden_size - dyn
+        need_grad_x = need_grad_x or grad_norm_weights is not None
         a, W = memory_linear_apply(self.memory, x, fast)  # [B, M, dynamic], [B, dynamic, D]
         a = a.reshape(B * M, dyn)
-        # static and gate layers as one: columns [:n_static] of a pre-activation are static, the rest the gate
-        w_all = torch.cat([self.static.weight, self.gate.weight])  # [n_static + hidden, D + hidden]
-        w_x, w_h = w_all[:, :D], w_all[:, D:]
-        x_pre = F.linear(x.reshape(B * M, D), w_x, torch.cat([self.static.bias, self.gate.bias]))  # [R, ·]
+        terms = self._slow_terms(x, context)
+        w_x, w_h, x_pre = terms["w_x"], terms["w_h"], terms["x_pre"]
         states, cs, us, c_minus_s = [None], [], [], []  # states[k]: the state before hop k (None = 0)
         state = None
         for _ in range(hops):
@@ -146,7 +151,7 @@ class GatedRNNEnergy(EnergyNet):
             c_minus_s.append(cms)
             states.append(state)
         w_e = self.energy.weight[0]  # [hidden]
-        energy = (state @ w_e).reshape(B, M)
+        energy = (state @ w_e).reshape(B, M) if need_grad_x else None
 
         # backward through the hops; gs[k] = ∂E/∂states[k + 1]
         gs, gcs, gus = [None] * hops, [None] * hops, [None] * hops
@@ -160,11 +165,12 @@ class GatedRNNEnergy(EnergyNet):
             gz = tanh_backward(gc, c)  # ∂E/∂z_k
             g_pre = torch.cat([gz[:, dyn:], sigmoid_backward(gu, u)], dim=-1)  # ∂E/∂pre_k
             g_a = gz[:, :dyn] if g_a is None else g_a + gz[:, :dyn]
-            g_pre_sum = g_pre if g_pre_sum is None else g_pre_sum + g_pre
+            if need_grad_x:
+                g_pre_sum = g_pre if g_pre_sum is None else g_pre_sum + g_pre
             if k > 0:
                 g = torch.addmm(g - gc, g_pre, w_h)  # ∂s'/∂s = 1 − u directly, plus through pre
         g_a = g_a.reshape(B, M, dyn)
-        grad_x = torch.bmm(g_a, W) + (g_pre_sum @ w_x).reshape(B, M, D)
+        grad_x = torch.bmm(g_a, W) + (g_pre_sum @ w_x).reshape(B, M, D) if need_grad_x else None
 
         grad_theta = None
         if energy_weights is not None:
@@ -207,3 +213,20 @@ class GatedRNNEnergy(EnergyNet):
             s = s.reshape(B, M, dyn)  # ∂(rᵀ∇ₓE)/∂a
             grad_theta_grad_norm = memory_linear_grads(self.memory, x, s, tangent_x=r, tangent_grad_out=g_a)
         return EnergyGrads(energy, grad_x, grad_theta, grad_theta_grad_norm)
+
+    def _slow_terms(self, x: Tensor, context: dict[str, Any] | None) -> dict[str, Any]:
+        """What the closed form needs that depends on the slow weights and ``x`` only, kept in ``context``.
+
+        The static and gate layers act as one: columns ``[:n_static]`` of a pre-activation are the static layer's,
+        the rest the gate's. ``w_x``, ``w_h``, ``b_all``: the input and state halves of the stacked weights and the
+        stacked biases, kept for the context's life; ``x_pre``: ``[B·M, n_static + hidden]`` the input half of the
+        pre-activation with the biases, kept while ``x`` is the same tensor object (see
+        :func:`~ebmm_rl.layers.context_terms`).
+        """
+        D = x.shape[-1]
+
+        def weights() -> dict[str, Tensor]:
+            w_all = torch.cat([self.static.weight, self.gate.weight])  # [n_static + hidden, D + hidden]
+            return {"w_x": w_all[:, :D], "w_h": w_all[:, D:], "b_all": torch.cat([self.static.bias, self.gate.bias])}
+
+        return context_terms(context, x, weights, lambda t: {"x_pre": F.linear(x.reshape(-1, D), t["w_x"], t["b_all"])})

@@ -560,6 +560,9 @@ class EBMMExtractor(HistoryFeaturesExtractor):
             lengths: ``[B]`` valid rows of each history.
             state: the memories so far (``B`` episodes, ``num_written`` rows each).
             create_graph: keep the graph for gradients to the memory.
+
+        ``patterns`` and ``state`` are not checked here (one check per write would cost a host sync per row): the
+        caller checks them once for the whole sequence, as :meth:`EBMMRecurrentPolicy.unroll` does.
         """
         start = state.num_written  # [B]
         rounds = int((lengths - start).max().clamp(min=0)) if patterns.shape[0] else 0
@@ -568,7 +571,7 @@ class EBMMExtractor(HistoryFeaturesExtractor):
             idx = start + j  # [B] the row each episode writes this round
             mask = (idx < lengths).unsqueeze(1)  # [B, 1]
             chunk = patterns[batch, idx.clamp(max=patterns.shape[1] - 1)].unsqueeze(1)  # [B, 1, P]
-            state = self.memory.write(chunk, state, pattern_mask=mask, create_graph=create_graph)
+            state = self.memory.write(chunk, state, pattern_mask=mask, create_graph=create_graph, check=False)
         return state
 
     @torch.no_grad()
