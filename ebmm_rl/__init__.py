@@ -28,7 +28,7 @@ except ModuleNotFoundError as _err:  # gymnasium (or numpy) missing: the core wo
     if _err.name not in ("gymnasium", "numpy"):
         raise
 from ebmm_rl.checkpoint import load_memory, save_memory
-from ebmm_rl.memory import EBMMConfig, EBMMemory, MemoryState, MetaOutput, ReadResult
+from ebmm_rl.memory import EBMMConfig, EBMMemory, MemoryState, MetaOutput, ReadResult, WriteSchedule
 
 if TYPE_CHECKING:
     from ebmm_rl.rl import (
@@ -66,6 +66,7 @@ __all__ = [
     "MetaOutput",
     "MultiBinaryToMultiDiscrete",
     "ReadResult",
+    "WriteSchedule",
     "load_memory",
     "save_memory",
 ]

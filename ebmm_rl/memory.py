@@ -162,6 +162,25 @@ class ReadResult:
         return self.iterates[-1]
 
 
+@dataclass(frozen=True)
+class WriteSchedule:
+    """The write rates of every step and writable layer, computed once for many writes (:meth:`EBMMemory.schedule`).
+
+    A chain of online writes (one per env step, or per chunk) reuses the same ``T`` rates for every write; with a
+    graph, computing them once puts one copy of their few dozen small ops in the graph instead of one per write.
+
+    Attributes:
+        rates: ``rates[j][t][layer]`` with ``j`` = 0 for ``η_E``, 1 for ``η_G`` and 2 for the prior's shrink factor
+            ``max_prior_step · tanh(2 η_β β / max_prior_step)``: 0-dim tensors with a graph, floats without.
+        alpha: ``α``, the weight of ``‖∇ₓE‖²``.
+        create_graph: whether the rates carry the graph to the schedule parameters.
+    """
+
+    rates: list[list[list[Tensor]]] | list[list[list[float]]]
+    alpha: Tensor
+    create_graph: bool
+
+
 @dataclass
 class MetaOutput:
     """What one write + read + meta-loss pass returns (``EBMMemory.forward``).
@@ -279,6 +298,7 @@ class EBMMemory(nn.Module):
         pattern_mask: Tensor | None = None,
         create_graph: bool | None = None,
         check: bool = True,
+        schedule: WriteSchedule | None = None,
     ) -> MemoryState:
         """Store ``patterns`` by ``T`` gradient steps on the writing loss (eq. 3, 4).
 
@@ -290,6 +310,8 @@ class EBMMemory(nn.Module):
             check: validate ``patterns`` (shape, dtype, finite, in range) and ``state``. Callers that write many
                 small chunks of data they have already checked (the RL policies, one row per env step) pass
                 ``False``: the value checks are 9 of the 242 kernels of a one-row write, three of them host syncs.
+            schedule: the rates from :meth:`schedule` with the same ``create_graph``, for a chain of writes that
+                shares them (:meth:`write_chunked`, the RL policies); ``None`` computes them here.
 
         Returns:
             The new :class:`MemoryState`.
@@ -307,7 +329,7 @@ class EBMMemory(nn.Module):
         if state is None:
             with torch.set_grad_enabled(create_graph):  # θ̄ enters the graph only when it is kept
                 state = self.initial_state(B)
-        update, alpha = self._write_rule(state, create_graph)
+        update, alpha = self._write_rule(state, create_graph, schedule)
         names = list(self.energy.memory_parameters())
         fast = dict(state.fast_weights)
         closed_form = self.uses_closed_form
@@ -358,35 +380,51 @@ class EBMMemory(nn.Module):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         N = patterns.shape[1] if patterns.dim() > 1 else 0
+        create_graph = torch.is_grad_enabled() if create_graph is None else create_graph
+        schedule = self.schedule(create_graph)  # the same T rates for every chunk
         for start in range(0, max(N, 1), chunk_size):
             chunk = patterns[:, start : start + chunk_size]
             mask = None if pattern_mask is None else pattern_mask[:, start : start + chunk_size]
-            state = self.write(chunk, state, mask, create_graph)
+            state = self.write(chunk, state, mask, create_graph, schedule=schedule)
         return state
 
+    def schedule(self, create_graph: bool) -> WriteSchedule:
+        """The write rates of every step and layer (:class:`WriteSchedule`), for :meth:`write`'s ``schedule``.
+
+        With ``create_graph`` they carry the graph to ``write_lr_raw``, ``alpha_raw`` and ``beta_raw``; a schedule
+        serves the writes of one forward pass (its graph is freed by the backward pass, as any other).
+        """
+        with torch.set_grad_enabled(create_graph):  # the schedules enter the graph only when it is kept
+            lrs, alpha, beta = self.write_lrs, self.alpha, self.beta
+            # Every step's rates at once: η_E, η_G [T, L] and the prior's bounded shrink factor [T, L].
+            max_step = self.config.max_prior_step
+            rates = torch.stack([lrs[..., 0], lrs[..., 1], max_step * torch.tanh(2 * lrs[..., 2] * beta / max_step)])
+            rows = rates.tolist() if not create_graph else [[list(row.unbind(0)) for row in r.unbind(0)] for r in rates]
+        return WriteSchedule(rows, alpha, create_graph)
+
     def _write_rule(
-        self, state: MemoryState, create_graph: bool
+        self, state: MemoryState, create_graph: bool, schedule: WriteSchedule | None = None
     ) -> tuple[Callable[[int, dict[str, Tensor], list[Tensor], list[Tensor] | None], dict[str, Tensor]], Tensor]:
         """The update of write step ``t`` (eq. 4) for a write that starts from ``state``, and ``α``.
 
         Returns ``(update, alpha)``: ``update(t, fast, grads_e, grads_g)`` is the new fast weights
         ``θ − η_E ∇_θE − η_G ∇_θ‖∇ₓE‖² − shrink·(θ − θ̃)`` from the gradients of the energy and grad-norm terms
         (lists in the order of ``energy.memory_parameters()``; ``grads_g`` may be ``None``). The rates and the
-        prior's shrink factors are computed once here; without a graph they are plain numbers and each update is
-        fused ``add`` kernels.
+        prior's shrink factors come from ``schedule`` (computed here if ``None``); without a graph they are plain
+        numbers and each update is fused ``add`` kernels.
         """
-        with torch.set_grad_enabled(create_graph):  # the schedules and θ̄ enter the graph only when it is kept
-            theta_bar = self.energy.memory_parameters()
-            lrs, alpha, beta = self.write_lrs, self.alpha, self.beta
-            # Every step's rates at once: η_E, η_G [T, L] and the prior's bounded shrink factor [T, L].
-            max_step = self.config.max_prior_step
-            rates = torch.stack([lrs[..., 0], lrs[..., 1], max_step * torch.tanh(2 * lrs[..., 2] * beta / max_step)])
+        if schedule is None:
+            schedule = self.schedule(create_graph)
+        elif schedule.create_graph != create_graph:
+            raise ValueError(f"the schedule was made with create_graph={schedule.create_graph} but this write has "
+                             f"create_graph={create_graph}: pass memory.schedule({create_graph})")  # fmt: skip
+        rate_rows, alpha = schedule.rates, schedule.alpha
+        theta_bar = self.energy.memory_parameters()
         names = list(theta_bar)
         anchor = theta_bar if self.config.prior_anchor == "initial" else dict(state.fast_weights)  # θ̃ of the prior
         if not create_graph:
             anchor = {n: w.detach() for n, w in anchor.items()}
         layer_of = [self.layer_names.index(n.rsplit(".", 1)[0]) for n in names]
-        rate_rows = rates.tolist() if not create_graph else [[row.unbind(0) for row in r.unbind(0)] for r in rates]
 
         def update(
             t: int, fast: dict[str, Tensor], grads_e: list[Tensor], grads_g: list[Tensor] | None

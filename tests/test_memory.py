@@ -91,6 +91,22 @@ def test_one_write_step_equals_hand_computed_update():
         torch.testing.assert_close(state.fast_weights["memory.weight"][b], expected, rtol=1e-10, atol=1e-12)
 
 
+def test_a_shared_schedule_gives_the_same_write_and_must_match_the_graph_mode():
+    torch.manual_seed(0)
+    memory = EBMMemory(QuadraticEnergy(), EBMMConfig(write_steps=2, read_steps=2, write_lr_init=0.05)).double()
+    with torch.no_grad():
+        memory.write_lr_raw.add_(0.3 * torch.randn_like(memory.write_lr_raw))
+    x = torch.rand(2, 3, 3, dtype=torch.float64)
+    for create_graph in (False, True):
+        schedule = memory.schedule(create_graph)
+        first = memory.write(x, create_graph=create_graph, schedule=schedule)
+        shared = memory.write(x, first, create_graph=create_graph, schedule=schedule)  # the schedule serves two
+        own = memory.write(x, memory.write(x, create_graph=create_graph), create_graph=create_graph)
+        torch.testing.assert_close(shared.fast_weights["memory.weight"], own.fast_weights["memory.weight"])
+        with pytest.raises(ValueError, match=rf"memory.schedule\({not create_graph}\)"):
+            memory.write(x, create_graph=not create_graph, schedule=schedule)
+
+
 def test_write_passes_gradcheck():
     """Meta-gradients through the write rule match finite differences (float64)."""
     torch.manual_seed(0)

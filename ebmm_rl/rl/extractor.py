@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from ebmm_rl.checkpoint import load_memory
 from ebmm_rl.energy.mlp import MLPConfig, MLPEnergy
-from ebmm_rl.memory import EBMMConfig, EBMMemory, MemoryState, ReadResult, stepwise_loss
+from ebmm_rl.memory import EBMMConfig, EBMMemory, MemoryState, ReadResult, WriteSchedule, stepwise_loss
 from ebmm_rl.rl.encoders import DEFAULT_PATTERN_SIZE, RowEncoder
 from ebmm_rl.rl.rows import RowLayout, RowsBox
 
@@ -547,7 +547,14 @@ class EBMMExtractor(HistoryFeaturesExtractor):
             patterns[:, :longest], self.chunk_size, pattern_mask=mask[:, :longest], create_graph=create_graph
         )
 
-    def write_new(self, patterns: Tensor, lengths: Tensor, state: MemoryState, create_graph: bool) -> MemoryState:
+    def write_new(
+        self,
+        patterns: Tensor,
+        lengths: Tensor,
+        state: MemoryState,
+        create_graph: bool,
+        schedule: WriteSchedule | None = None,
+    ) -> MemoryState:
         """Continue ``state`` with the rows it lacks: ``patterns[state.num_written : lengths]``, one per chunk.
 
         The recurrent route on the probes (:class:`~ebmm_rl.rl.recurrent.EBMMRecurrentPolicy`) carries ``state``
@@ -560,6 +567,8 @@ class EBMMExtractor(HistoryFeaturesExtractor):
             lengths: ``[B]`` valid rows of each history.
             state: the memories so far (``B`` episodes, ``num_written`` rows each).
             create_graph: keep the graph for gradients to the memory.
+            schedule: optional, the memory's write rates (``memory.schedule(create_graph)``) shared by a chain
+                of calls.
 
         ``patterns`` and ``state`` are not checked here (one check per write would cost a host sync per row): the
         caller checks them once for the whole sequence, as :meth:`EBMMRecurrentPolicy.unroll` does.
@@ -571,7 +580,9 @@ class EBMMExtractor(HistoryFeaturesExtractor):
             idx = start + j  # [B] the row each episode writes this round
             mask = (idx < lengths).unsqueeze(1)  # [B, 1]
             chunk = patterns[batch, idx.clamp(max=patterns.shape[1] - 1)].unsqueeze(1)  # [B, 1, P]
-            state = self.memory.write(chunk, state, pattern_mask=mask, create_graph=create_graph, check=False)
+            state = self.memory.write(
+                chunk, state, pattern_mask=mask, create_graph=create_graph, check=False, schedule=schedule
+            )
         return state
 
     @torch.no_grad()

@@ -246,11 +246,12 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
                 features = self._with_aux_loss(features, patterns, starts, stacked)
             return ext.head(features), self._from_memory(memory_state)
         steps: list[MemoryState] = []  # the memory each step reads from
+        schedule = ext.memory.schedule(create_graph)  # one copy of the rates for every write of the sequence
         for t in range(starts.shape[1]):
             if bool(starts[:, t].any()):  # reset: θ̄ and nothing written
                 memory_state = self._reset(memory_state, starts[:, t])
             # the rows stored since the last step, then read
-            memory_state = ext.write_new(patterns[:, t], lengths[:, t], memory_state, create_graph)
+            memory_state = ext.write_new(patterns[:, t], lengths[:, t], memory_state, create_graph, schedule)
             steps.append(memory_state)
         # Reads do not depend on each other: one batched read over every (sequence, step), sequence-major.
         stacked = _stack_steps(steps)  # [n_seq * T, ...]
@@ -283,12 +284,15 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
         """
         memory = self.features_extractor.memory
         with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
+            schedule = memory.schedule(create_graph)  # one copy of the rates for the T writes
             chain, state = [], initial
             for t in range(patterns.shape[1]):
                 if bool(starts[:, t].any()):
                     state = self._reset(state, starts[:, t])
                 chain.append(state)
-                state = memory.write(patterns[:, t : t + 1], state, create_graph=create_graph, check=False)
+                state = memory.write(
+                    patterns[:, t : t + 1], state, create_graph=create_graph, check=False, schedule=schedule
+                )
         return _stack_steps(chain), state
 
     def _truncated_steps(
@@ -322,6 +326,7 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
         current = MemoryState(fast, chain.num_written[base])
         starts_flat = starts.reshape(-1)
         flat_patterns = patterns.reshape(n_seq * T, -1)
+        schedule = memory.schedule(create_graph=True)
         for j in range(k):
             r = t_flat - k + j  # the row this round writes, for every (sequence, step)
             valid = r >= base_t  # rows before a chain's start (t < k) are not written
@@ -330,7 +335,9 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
             if bool(reset.any()):
                 current = self._reset(current, reset)
             rows = flat_patterns[index].unsqueeze(1)  # [n_seq * T, 1, P]
-            current = memory.write(rows, current, pattern_mask=valid.unsqueeze(1), create_graph=True, check=False)
+            current = memory.write(
+                rows, current, pattern_mask=valid.unsqueeze(1), create_graph=True, check=False, schedule=schedule
+            )
         at_start = starts_flat[seq_offset + t_flat] & (t_flat > base_t)  # the reading step itself begins an episode
         if bool(at_start.any()):
             current = self._reset(current, at_start)
