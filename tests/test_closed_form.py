@@ -35,6 +35,14 @@ def perturbed_fast_weights(energy: EnergyNet, B: int) -> dict[str, torch.Tensor]
     }
 
 
+def energy_inputs(name: str, seed: int, B: int, M: int):
+    """A float64 energy, ``x: [B, M, D]`` in ``[-1, 1]`` and pattern weights ``w``, ``c: [B, M]`` in ``[0, 1]``."""
+    energy = ENERGIES[name]().double()
+    torch.manual_seed(seed)
+    x = torch.rand(B, M, energy.data_shape[0], dtype=torch.float64) * 2 - 1
+    return energy, x, torch.rand(B, M, dtype=torch.float64), torch.rand(B, M, dtype=torch.float64)
+
+
 def autograd_reference(energy: EnergyNet, x, fast, w, c):
     """``E``, ``∇ₓE``, ``Σ w ∇_θE`` and ``∇_θ Σ c ‖∇ₓE‖²`` by nested ``torch.autograd.grad``."""
     x = x.detach().requires_grad_(True)
@@ -83,12 +91,8 @@ def test_energies_with_closed_form_use_it_and_others_do_not():
 
 @pytest.mark.parametrize("name", list(ENERGIES))
 def test_closed_form_grads_equal_autograd(name):
-    energy = ENERGIES[name]().double()
-    torch.manual_seed(1)
-    B, M, D = 3, 4, energy.data_shape[0]
-    x = torch.rand(B, M, D, dtype=torch.float64) * 2 - 1
-    fast = perturbed_fast_weights(energy, B)
-    w, c = torch.rand(B, M, dtype=torch.float64), torch.rand(B, M, dtype=torch.float64)
+    energy, x, w, c = energy_inputs(name, seed=1, B=3, M=4)
+    fast = perturbed_fast_weights(energy, 3)
     w[0, 1] = c[0, 1] = 0.0  # a padded pattern
     energies, gx, ge, gg = autograd_reference(energy, x, fast, w, c)
     out = energy.closed_form_grads(x, fast, w, c)
@@ -258,11 +262,8 @@ def test_write_and_read_in_lockstep_equal_a_write_then_a_read(name, steps, grad_
 @pytest.mark.parametrize("name", list(ENERGIES))
 def test_closed_form_without_grad_x_and_with_a_shared_context(name):
     """``need_grad_x=False`` skips ``E`` and ``∇ₓE`` only; a context is reused for the same ``x`` object only."""
-    energy = ENERGIES[name]().double()
-    torch.manual_seed(3)
-    B, M, D = 3, 2, energy.data_shape[0]
-    x = torch.rand(B, M, D, dtype=torch.float64) * 2 - 1
-    w, c = torch.rand(B, M, dtype=torch.float64), torch.rand(B, M, dtype=torch.float64)
+    energy, x, w, c = energy_inputs(name, seed=3, B=3, M=2)
+    B, M, D = x.shape
     fast_a, fast_b = perturbed_fast_weights(energy, B), perturbed_fast_weights(energy, B)
     _, _, ge_b, _ = autograd_reference(energy, x, fast_b, w, c)
     theta_only = energy.closed_form_grads(x, fast_b, w, need_grad_x=False)
