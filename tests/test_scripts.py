@@ -158,3 +158,23 @@ def test_bench_memory_reports_a_combination_that_runs_out_of_memory_and_keeps_th
     assert by_path["autograd"]["oom"] and not by_path["closed"]["oom"]
     assert by_path["closed"]["wall_s"] > 0 and by_path["closed"]["peak_mib"] == 1.0
     assert "autograd batched fp32: OOM" in capsys.readouterr().out
+
+
+def test_bench_write_chain_times_the_current_code_beside_a_revision():
+    out = run(
+        "scripts/bench_write_chain.py", "--against", "HEAD", "--rounds", "1", "--writes", "2", "--batch-size", "2"
+    )
+    rows = re.findall(
+        r"^\| (defaults|fast) \| (HEAD|current) \| ([\d,]+) \| ([\d,]+) \| ([\d.]+) \| ([\d.]+) \|$", out, re.M
+    )
+    assert {(kind, code) for kind, code, *_ in rows} == {
+        (k, c) for k in ("defaults", "fast") for c in ("HEAD", "current")
+    }
+    for *_, forward, total, _, _ in rows:
+        assert int(total.replace(",", "")) > int(forward.replace(",", "")) > 0  # the backward adds ops
+    assert re.search(r"fast: current / HEAD CPU time, forward [\d.]+x", out)
+    bad = subprocess.run(
+        [sys.executable, "scripts/bench_write_chain.py", "--against", "no-such-revision"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "usage error" in bad.stderr and "Traceback" not in bad.stderr
