@@ -286,3 +286,23 @@ def test_closed_form_without_grad_x_and_with_a_shared_context(name):
     other = energy.closed_form_grads(y, fast_b, context=context)
     _, gy, _, _ = autograd_reference(energy, y, fast_b, w, c)
     torch.testing.assert_close(other.grad_x, gy, **TOL)
+
+
+@pytest.mark.parametrize("name", ["mlp", "rnn"])
+def test_a_context_filled_without_grad_is_rebuilt_for_a_call_with_grad(name):
+    """Terms kept under ``torch.no_grad`` carry no graph: a call with gradients must not reuse them."""
+    energy, x, w, _ = energy_inputs(name, seed=4, B=2, M=2)
+    fast = perturbed_fast_weights(energy, 2)
+    context: dict = {}
+    with torch.no_grad():
+        energy.closed_form_grads(x, fast, w, need_grad_x=False, context=context)
+    slow = [p for n, p in energy.named_parameters() if not n.startswith("memory.")]
+    shared = energy.closed_form_grads(x, fast, w, need_grad_x=False, context=context).grad_theta["memory.weight"]
+    fresh = energy.closed_form_grads(x, fast, w, need_grad_x=False).grad_theta["memory.weight"]
+    got = torch.autograd.grad(shared.sum(), slow, allow_unused=True)
+    want = torch.autograd.grad(fresh.sum(), slow, allow_unused=True)
+    assert sum(g is not None for g in want) >= 3  # ∇_θE depends on most slow weights
+    for g, ref in zip(got, want, strict=True):
+        assert (g is None) == (ref is None)
+        if ref is not None:
+            torch.testing.assert_close(g, ref, **TOL)
