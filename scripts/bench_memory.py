@@ -14,8 +14,8 @@ backward pass, counted by a ``TorchDispatchMode``; ``torch.utils.flop_counter.Fl
 nested-grad meta-step in torch 2.13) and the achieved GFLOP per CPU-second beside the rate of a plain matmul
 measured in the same rounds (on a shared machine even CPU time slows down when the other cores are busy), and
 the number of aten ops of the step (the same dispatch mode: on small tensors each costs its overhead, whatever
-its size). It also prints the CPU time of a batched write and of a read without a graph (as in RL rollouts). The header
-prints the machine and the thread count, and the load average at start and end.
+its size). It also prints the CPU time of a batched write and of a read without a graph (as in RL rollouts). The
+header prints the machine and the thread count, and the load average at start and end.
 
 On a GPU it adds, per row, meta-steps per second (wall time), the achieved TFLOP/s and its fraction of the card's
 dense peak for the row's precision (``--precisions fp32 tf32 bf16``; peaks from :data:`PEAK_TFLOPS`), and the

@@ -3,8 +3,8 @@
 An update of the recurrent route on the probes (``EBMMRecurrentPolicy``, ``BinaryRecall-Medium``: about 36
 sequences of 9 steps per minibatch) writes one row per sequence per step, each write onto the last, with the graph
 kept for the meta-gradient; then it backpropagates through all of them. This script runs that chain for the RL
-default memory and for ``FAST_RL_MEMORY``, forward and forward + backward, and prints the aten ops (counted by a
-``TorchDispatchMode``) and the CPU time (medians of ``--rounds``).
+default memory and for ``FAST_RL_MEMORY``, forward and forward + backward, and prints the aten ops (counted by
+``bench_memory.count_flops``) and the CPU time (medians of ``--rounds``).
 
 With ``--against REV`` the package as it was at git revision ``REV`` is extracted (``git archive``) into a
 temporary folder under another name, imported beside the current one, and both are timed alternately round by
@@ -29,12 +29,13 @@ import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from io import BytesIO
 from pathlib import Path
 
 import torch
 import tyro
-from torch.utils._python_dispatch import TorchDispatchMode
+from bench_memory import count_flops  # scripts/ is on the path when a script runs
 
 from ebmm_rl.cli import usage_error
 
@@ -57,18 +58,6 @@ class Args:
     """torch threads"""
     seed: int = 0
     """seed of the weights and the rows"""
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts the aten ops that reach the dispatcher (views and backward passes included)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: D105
-        self.ops += 1
-        return func(*args, **(kwargs or {}))
 
 
 def package_at(revision: str, folder: Path) -> str:
@@ -150,11 +139,7 @@ def main(args: Args) -> dict[str, dict[str, float]]:
                         chain(memory, rows, args.writes, backward)
                         times[code, backward].append(time.process_time() - start)
             for code, memory in memories.items():
-                counts = []
-                for backward in (False, True):
-                    with OpCounter() as counter:
-                        chain(memory, rows, args.writes, backward)
-                    counts.append(counter.ops)
+                counts = [count_flops(partial(chain, memory, rows, args.writes, b))[1] for b in (False, True)]
                 figures = {
                     "ops_forward": counts[0],
                     "ops_total": counts[1],
