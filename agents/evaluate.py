@@ -8,10 +8,17 @@ Examples::
 
 The run folder's ``args.json`` (written by ``agents.train``) says which algorithm saved the model and how the
 environment was wrapped, so the same wrappers (:func:`agents.train.wrap_env` with the run's
-:class:`~agents.train.WrapOptions`) are applied again. A model without one is loaded by trying sb3-contrib's
-``RecurrentPPO``, then ``PPO`` or ``A2C`` (told apart by the saved ``clip_range``); ``--memory`` then names its
-wrappers. Videos use gymnasium's ``RecordVideo`` (one file per episode) when the environment renders ``rgb_array``
-frames; otherwise the command says so and evaluates without.
+:class:`~agents.train.WrapOptions`) are applied again. A model without one needs ``--env`` and ``--memory``: the
+memory names the wrappers and the policy, and the algorithm is sb3-contrib's ``RecurrentPPO`` for the recurrent
+memories, else ``PPO`` or ``A2C`` (told apart by the saved ``clip_range``). Videos use gymnasium's ``RecordVideo``
+(one file per episode) when the environment renders ``rgb_array`` frames; otherwise the command says so and
+evaluates without.
+
+Safe to load: a zip runs no code from itself. SB3's own loader unpickles the objects a zip stores (spaces, policy
+class, schedules), and a crafted zip can run any code that way; here every such object is rebuilt from
+``args.json``, the environment and the project's policies (:mod:`agents.safe_load`), a zip that pickles anything
+else is refused, and tensors load with ``weights_only=True``. ``--trust-pickled`` restores SB3's loader for zips
+of other tools: it runs whatever the zip's pickles hold, so use it only for files from a source you trust.
 """
 
 from __future__ import annotations
@@ -30,16 +37,18 @@ import tyro
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from agents.safe_load import AgentZipError, WeightsMismatch, read_zip
 from agents.train import (
     SIDECAR,
     UsageError,
     algorithm_class,
     check_env_id,
     env_id,
-    read_sidecar,
+    load_run_agent,
+    memory_kind,
+    read_run,
     usage_error,
     wrap_env,
     wrap_options,
@@ -51,7 +60,13 @@ PROG = "python -m agents.evaluate"
 
 @dataclass
 class Args:
-    """Evaluate a saved agent of agents.train on fresh episodes of its environment."""
+    """Evaluate a saved agent of agents.train on fresh episodes of its environment.
+
+    Loading is safe: nothing pickled in the zip is unpickled (the objects SB3 pickles are rebuilt from args.json,
+    the environment and the project's policies; a zip that pickles anything else is refused) and tensors load with
+    weights_only=True. --trust-pickled loads with SB3's own loader instead, which runs any code the zip's pickles
+    hold: only for zips from a source you trust.
+    """
 
     model: tyro.conf.Positional[str]
     """the saved model (``model.zip``, ``best_model.zip`` or ``checkpoint.zip`` of a run folder)"""
@@ -69,29 +84,91 @@ class Args:
     """record every episode with gymnasium's RecordVideo into this folder (needs rgb_array rendering and moviepy)"""
     threads: int = 1
     """torch CPU threads"""
+    trust_pickled: bool = False
+    """UNSAFE: load with SB3's own loader, which unpickles the zip's objects and so runs any code they hold; only
+    for zips of other tools from a source you trust"""
 
 
-def load_model(path: str | Path, device: str = "cpu") -> tuple[BaseAlgorithm, TrainArgs | None]:
-    """The model saved at ``path`` and the :class:`agents.train.Args` of its run (``None`` without ``args.json``).
+def run_settings(
+    path: Path, data: dict[str, Any], env: str | None = None, memory: str | None = None
+) -> tuple[str, TrainArgs, dict[str, Any] | None]:
+    """``(algorithm name, Args, memory-checkpoint record)`` of the model at ``path``, with ``env``/``memory`` set.
+
+    From the ``args.json`` beside it; without one, ``env`` and ``memory`` are needed and the algorithm follows
+    from the memory and the zip's ``data`` (plain JSON: with a ``clip_range``, PPO, else A2C).
 
     Raises:
-        UsageError: no such file, or no algorithm loads it.
+        UsageError: no ``args.json`` and no ``env``/``memory``, or a malformed ``args.json``.
+    """
+    if (path.parent / SIDECAR).is_file():
+        algo, train_args, checkpoint = read_run(path.parent)
+    else:
+        if memory is None or env is None:
+            raise UsageError(f"{path} has no {SIDECAR} beside it: give --env and --memory of its training")
+        try:
+            kind = memory_kind(memory)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        if kind.recurrent:
+            algo = "RecurrentPPO"
+        else:
+            algo = "PPO" if "clip_range" in data else "A2C"
+        train_args, checkpoint = TrainArgs(algo="a2c" if algo == "A2C" else "ppo"), None
+    changes = {k: v for k, v in dict(env=env, memory=memory).items() if v is not None}
+    return algo, dataclasses.replace(train_args, **changes), checkpoint
+
+
+def load_model(
+    path: str | Path,
+    device: str = "cpu",
+    env: str | None = None,
+    memory: str | None = None,
+    trust_pickled: bool = False,
+) -> tuple[BaseAlgorithm, TrainArgs]:
+    """The model saved at ``path`` and the :class:`agents.train.Args` of its run, loaded without running its pickles.
+
+    Args:
+        path: the zip.
+        device: torch device of the policy.
+        env: evaluate on this env id instead of the run's (needed without ``args.json``).
+        memory: the ``--memory`` of its training (needed without ``args.json``).
+        trust_pickled: load with SB3's own loader (unsafe: runs any code the zip's pickles hold).
+
+    Raises:
+        UsageError: no such file, a zip that cannot be loaded safely, or one whose weights do not fit the env.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such model file")
-    if (path.parent / SIDECAR).is_file():
-        algo, train_args = read_sidecar(path.parent)
-        return algorithm_class(algo).load(path, device=device), train_args
-    data, _, _ = load_from_zip_file(path, device=device, load_data=True)
-    names = ["RecurrentPPO", "PPO"] if data is not None and "clip_range" in data else ["A2C"]
-    errors = []
-    for name in names:
-        try:
-            return algorithm_class(name).load(path, device=device), None
-        except (ImportError, ValueError, TypeError, KeyError, AttributeError) as error:
-            errors.append(f"{name}: {error}")
-    raise UsageError(f"{path}: none of {names} loads it ({'; '.join(errors)})")
+    try:
+        contents = read_zip(path)
+    except AgentZipError as error:
+        raise UsageError(str(error)) from None
+    algo, train_args, checkpoint = run_settings(path, contents.data, env, memory)
+    try:
+        memory_kind(train_args.memory)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    check_env_id(train_args.env)
+    probe = wrap_env(gym.make(env_id(train_args.env)), train_args.memory, wrap_options(train_args))
+    where = f"{train_args.env} wrapped for --memory {train_args.memory}"
+    try:
+        if trust_pickled:
+            model = algorithm_class(algo).load(path, device=device)
+            if probe.observation_space != model.observation_space:
+                raise UsageError(
+                    f"{where} gives {probe.observation_space}, but the model takes {model.observation_space}: "
+                    f"evaluate on an env of the same shape"
+                )
+            return model, train_args
+        train_args = dataclasses.replace(train_args, device=device)
+        spaces = (probe.observation_space, probe.action_space)
+        model = load_run_agent(path, algo, train_args, *spaces, checkpoint, contents=contents)
+    except WeightsMismatch as error:
+        raise UsageError(f"{error}: {where} does not fit this model; evaluate on an env of the same shape") from None
+    except AgentZipError as error:
+        raise UsageError(str(error)) from None
+    finally:
+        probe.close()
+    return model, train_args
 
 
 def _make_rendering(name: str) -> gym.Env | None:
@@ -137,20 +214,8 @@ def evaluate(args: Args) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     if args.episodes < 1:
         raise UsageError(f"--episodes must be at least 1, got {args.episodes}")
-    model, train_args = load_model(args.model)
-    if train_args is None:
-        if args.memory is None or args.env is None:
-            raise UsageError(f"{args.model} has no {SIDECAR} beside it: give --env and --memory of its training")
-        train_args = TrainArgs()
-    changes = {k: v for k, v in dict(env=args.env, memory=args.memory).items() if v is not None}
-    train_args = dataclasses.replace(train_args, **changes)
-    check_env_id(train_args.env)
+    model, train_args = load_model(args.model, env=args.env, memory=args.memory, trust_pickled=args.trust_pickled)
     env = make_eval_env(train_args, args.seed, args.video_dir, args.episodes)
-    if env.observation_space != model.observation_space:
-        raise UsageError(
-            f"{train_args.env} wrapped for --memory {train_args.memory} gives {env.observation_space}, but the model "
-            f"takes {model.observation_space}: evaluate on an env of the same shape"
-        )
     returns, lengths = evaluate_policy(
         model, env, n_eval_episodes=args.episodes, deterministic=args.deterministic, return_episode_rewards=True
     )

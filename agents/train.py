@@ -55,6 +55,8 @@ import json
 import os
 import sys
 import time
+import types
+import typing
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -76,7 +78,8 @@ from stable_baselines3.common.logger import TensorBoardOutputFormat, configure
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 import envs  # noqa: F401  (registers the ids in this process)
-from ebmm_rl.checkpoint import load_checkpoint, load_memory
+from agents.safe_load import AgentZipError, KnownAgent, ZipContents, load_agent, read_zip
+from ebmm_rl.checkpoint import build_memory, load_checkpoint, load_memory, memory_spec
 from ebmm_rl.protocol import MEMORIES as MEMORY_REGISTRY
 from ebmm_rl.rl import (
     EBMMExtractor,
@@ -97,16 +100,33 @@ class MemoryKind:
         description: what the agent is, in one line.
         wrap: ``wrap(env, options) -> env`` (options: :class:`WrapOptions`), a module-level function
             (SubprocVecEnv workers unpickle it by reference).
-        policy: ``policy(args, observation_space) -> (policy, policy_kwargs)``: the SB3 policy (a registered name or
-            a class) for the wrapped env's observation space and the keyword arguments it needs besides ``net_arch``.
+        policy: ``policy(args, observation_space, saved) -> (policy, policy_kwargs)``: the SB3 policy (a registered
+            name or a class) for the wrapped env's observation space and the keyword arguments it needs besides
+            ``net_arch``; ``saved`` (a :class:`SavedCheckpoint` or ``None``) rebuilds a ``--memory-checkpoint``
+            memory from its description in ``args.json`` instead of reading the file.
         recurrent: trained by sb3-contrib's ``RecurrentPPO`` (the policy carries state across steps) instead of
             PPO / A2C.
     """
 
     description: str
     wrap: Callable[[gym.Env, WrapOptions], gym.Env]
-    policy: Callable[[Args, spaces.Space], tuple[str | type, dict[str, Any]]]
+    policy: Callable[[Args, spaces.Space, SavedCheckpoint | None], tuple[str | type, dict[str, Any]]]
     recurrent: bool = False
+
+
+@dataclass(frozen=True)
+class SavedCheckpoint:
+    """A ``--memory-checkpoint`` memory as a run's ``args.json`` describes it, to rebuild it without the file.
+
+    Attributes:
+        record: :func:`memory_checkpoint_record`'s plain values (``memory_spec``; ``encoder`` and ``pattern_size``
+            when an ``encoder.pt`` lay beside the checkpoint).
+        max_parameters: bound on the rebuilt memory's parameters (the values of the agent zip's policy, whose
+            weights replace the untrained ones).
+    """
+
+    record: dict[str, Any]
+    max_parameters: int
 
 
 @dataclass(frozen=True)
@@ -331,7 +351,40 @@ def _feature_kwargs(args: Args, energies: bool) -> dict[str, Any]:
     return dict(similarities="similarities" in features, features=features)
 
 
-def _ebmm_extractor_kwargs(args: Args) -> dict[str, Any]:
+def memory_checkpoint_record(path: str | Path) -> dict[str, Any]:
+    """The architecture of the ``--memory-checkpoint`` at ``path`` in plain values, for ``args.json``.
+
+    ``memory_spec`` and, when an ``encoder.pt`` (scripts/meta_train_env.py) lies beside it, the encoder's ``encoder``
+    kind and ``pattern_size``: what rebuilds the policy of an agent zip without the file (the zip holds the weights).
+    """
+    record: dict[str, Any] = dict(memory_spec=memory_spec(load_memory(path)))
+    encoder_file = Path(path).parent / "encoder.pt"
+    if encoder_file.is_file():
+        encoder = load_checkpoint(encoder_file)
+        record.update(encoder=str(encoder["kind"]), pattern_size=int(encoder["pattern_size"]))
+    return record
+
+
+def _checkpoint_memory(args: Args, saved: SavedCheckpoint | None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The ``--memory-checkpoint`` memory and the extractor's encoder settings.
+
+    Read from the files when ``saved`` is ``None`` (training); else rebuilt untrained from ``saved.record``, for an
+    agent zip whose weights then replace them.
+    """
+    if saved is None:
+        memory = load_memory(args.memory_checkpoint)  # an object: it travels inside model.zip
+        encoder_file = Path(args.memory_checkpoint).parent / "encoder.pt"  # saved by scripts/meta_train_env.py
+        if not encoder_file.is_file():
+            return memory, {}
+        record = load_checkpoint(encoder_file)
+        encoder = dict(encoder=record["kind"], pattern_size=int(record["pattern_size"]), encoder_state=record["state"])
+        return memory, encoder
+    record = saved.record
+    memory = build_memory(record["memory_spec"], max_parameters=saved.max_parameters)
+    return memory, {k: record[k] for k in ("encoder", "pattern_size") if k in record}
+
+
+def _ebmm_extractor_kwargs(args: Args, saved: SavedCheckpoint | None = None) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(
         chunk_size=args.chunk_size,
         freeze_memory=args.freeze_memory,
@@ -341,13 +394,8 @@ def _ebmm_extractor_kwargs(args: Args) -> dict[str, Any]:
         **_feature_kwargs(args, energies=True),
     )
     if args.memory_checkpoint:
-        kwargs["memory"] = load_memory(args.memory_checkpoint)  # an object: it travels inside model.zip
-        encoder_file = Path(args.memory_checkpoint).parent / "encoder.pt"  # saved by scripts/meta_train_env.py
-        if encoder_file.is_file():
-            record = load_checkpoint(encoder_file)
-            kwargs.update(
-                encoder=record["kind"], pattern_size=int(record["pattern_size"]), encoder_state=record["state"]
-            )
+        kwargs["memory"], encoder = _checkpoint_memory(args, saved)
+        kwargs.update(encoder)
     else:
         kwargs["energy"] = dict(hidden_size=args.hidden_size, dynamic_size=args.dynamic_size)
         kwargs["ebmm"] = dict(
@@ -356,26 +404,30 @@ def _ebmm_extractor_kwargs(args: Args) -> dict[str, Any]:
     return kwargs
 
 
-def _ebmm_policy(args: Args, space: spaces.Space) -> tuple[str | type, dict[str, Any]]:
-    return EBMMPolicy, dict(features_extractor_kwargs=_ebmm_extractor_kwargs(args))
+def _ebmm_policy(args: Args, space: spaces.Space, saved: SavedCheckpoint | None) -> tuple[str | type, dict[str, Any]]:
+    return EBMMPolicy, dict(features_extractor_kwargs=_ebmm_extractor_kwargs(args, saved))
 
 
-def _ebmm_recurrent_policy(args: Args, space: spaces.Space) -> tuple[str | type, dict[str, Any]]:
+def _ebmm_recurrent_policy(
+    args: Args, space: spaces.Space, saved: SavedCheckpoint | None
+) -> tuple[str | type, dict[str, Any]]:
     from ebmm_rl.rl.recurrent import EBMMRecurrentPolicy  # needs sb3-contrib
 
-    kwargs: dict[str, Any] = dict(features_extractor_kwargs=_ebmm_extractor_kwargs(args))
+    kwargs: dict[str, Any] = dict(features_extractor_kwargs=_ebmm_extractor_kwargs(args, saved))
     if args.bptt_steps is not None:
         kwargs["bptt_steps"] = args.bptt_steps
     return EBMMRecurrentPolicy, kwargs
 
 
-def _baseline_policy(name: str, args: Args, space: spaces.Space) -> tuple[str | type, dict[str, Any]]:
+def _baseline_policy(
+    name: str, args: Args, space: spaces.Space, saved: SavedCheckpoint | None = None
+) -> tuple[str | type, dict[str, Any]]:
     """``MultiInputPolicy`` + :class:`MemoryExtractor` over the baseline ``name`` of ``ebmm_rl.protocol.MEMORIES``."""
     kwargs: dict[str, Any] = dict(freeze_memory=args.freeze_memory, **_feature_kwargs(args, energies=False))
     if args.memory_checkpoint:
         if args.memory_budget is not None:
             raise ValueError("--memory-budget sizes a fresh memory; it cannot be combined with --memory-checkpoint")
-        memory = load_memory(args.memory_checkpoint)
+        memory, _ = _checkpoint_memory(args, saved)
         expected = MEMORY_REGISTRY[name].cls
         if not isinstance(memory, expected):
             raise ValueError(
@@ -390,11 +442,11 @@ def _baseline_policy(name: str, args: Args, space: spaces.Space) -> tuple[str | 
     return "MultiInputPolicy", dict(features_extractor_class=MemoryExtractor, features_extractor_kwargs=kwargs)
 
 
-def _plain_policy(args: Args, space: spaces.Space) -> tuple[str | type, dict[str, Any]]:
+def _plain_policy(args: Args, space: spaces.Space, saved: SavedCheckpoint | None) -> tuple[str | type, dict[str, Any]]:
     return ("MultiInputPolicy" if isinstance(space, spaces.Dict) else "MlpPolicy"), {}
 
 
-def _lstm_policy(args: Args, space: spaces.Space) -> tuple[str | type, dict[str, Any]]:
+def _lstm_policy(args: Args, space: spaces.Space, saved: SavedCheckpoint | None) -> tuple[str | type, dict[str, Any]]:
     name = "MultiInputLstmPolicy" if isinstance(space, spaces.Dict) else "MlpLstmPolicy"
     return name, dict(lstm_hidden_size=args.lstm_hidden_size)
 
@@ -503,11 +555,22 @@ def make_env(args: Args, n_envs: int | None = None, seed: int | None = None) -> 
     )
 
 
+def policy_of(
+    args: Args, space: spaces.Space, saved: SavedCheckpoint | None = None
+) -> tuple[str | type, dict[str, Any]]:
+    """The SB3 policy (class or registered name) of ``args`` for observations of ``space``, and its kwargs.
+
+    ``saved`` (:class:`SavedCheckpoint`) rebuilds a ``--memory-checkpoint`` memory from ``args.json`` instead of the
+    file.
+    """
+    policy, extra = memory_kind(args.memory).policy(args, space, saved)
+    return policy, dict(net_arch=list(args.net_arch), **extra)
+
+
 def build_model(args: Args, env: VecEnv) -> BaseAlgorithm:
     """The agent of ``args`` on ``env``."""
     kind = memory_kind(args.memory)
-    policy, extra = kind.policy(args, env.observation_space)
-    policy_kwargs: dict[str, Any] = dict(net_arch=list(args.net_arch), **extra)
+    policy, policy_kwargs = policy_of(args, env.observation_space)
     common = dict(
         learning_rate=args.learning_rate,
         n_steps=args.n_steps,
@@ -589,15 +652,64 @@ def preset_names() -> list[str]:
     return names
 
 
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` (from YAML or JSON) is a value of the annotation ``hint`` of an :class:`Args` field."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, option) for option in typing.get_args(hint))
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        return isinstance(value, list | tuple) and all(_fits(v, item) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    """``hint`` in words, for a usage error."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(option) for option in typing.get_args(hint))
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+    if origin is tuple:
+        return f"a list of {_describe(typing.get_args(hint)[0])}s"
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+    return names.get(hint, str(hint))
+
+
 def _args_fields(values: dict[str, Any], source: str) -> dict[str, Any]:
-    """``values`` checked against :class:`Args` (lists become tuples)."""
+    """``values`` checked against :class:`Args`: known fields, each of its field's type (lists become tuples)."""
     if not isinstance(values, dict):
         raise UsageError(f"{source} must be a mapping of Args fields, not {type(values).__name__}")
     names = {f.name for f in dataclasses.fields(Args)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(set(values) - names, key=str)
     if unknown:
         raise UsageError(f"{source}: unknown fields {unknown}; the fields are agents.train.Args's: {sorted(names)}")
+    hints = typing.get_type_hints(Args)
+    for name, value in values.items():
+        if not _fits(value, hints[name]):
+            hint = " (YAML reads 1e-3 as text; write 1.0e-3)" if isinstance(value, str) and hints[name] is float else ""
+            raise UsageError(f"{source}: {name} must be {_describe(hints[name])}, got {value!r}{hint}")
     return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
+def _read_yaml(file: Path, source: str) -> Any:
+    """The YAML document of ``file``, or a :class:`UsageError` naming ``source`` and the line of a syntax error."""
+    try:
+        return yaml.safe_load(file.read_text())
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise UsageError(f"{source}: {file} is not valid YAML{line}: {getattr(error, 'problem', error)}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"{source}: cannot read {file} ({error})") from None
 
 
 def load_preset(name: str) -> dict[str, Any]:
@@ -609,12 +721,12 @@ def load_preset(name: str) -> dict[str, Any]:
     if name.endswith((".yml", ".yaml")):
         if not Path(name).is_file():
             raise UsageError(f"--preset {name}: no such file")
-        values = yaml.safe_load(Path(name).read_text()) or {}
+        values = _read_yaml(Path(name), f"--preset {name}") or {}
     else:
         family = name.split("-")[0].split("/")[0]
         file = PRESETS_DIR / f"{family}.yml"
-        entries = yaml.safe_load(file.read_text()) if file.is_file() else {}
-        if name not in (entries or {}):
+        entries = _read_yaml(file, f"--preset {name}") if file.is_file() else {}
+        if not isinstance(entries, dict) or name not in entries:
             raise UsageError(f"unknown preset {name!r}; choose among {preset_names()} or give a .yml file")
         values = entries[name]
     fields = _args_fields(values, f"preset {name}")
@@ -627,25 +739,99 @@ def _args_from_dict(values: dict[str, Any], source: str) -> Args:
     return dataclasses.replace(Args(), **_args_fields(values, source))
 
 
-def write_sidecar(run_dir: Path, args: Args) -> None:
-    """Write ``run_dir/args.json`` (atomically): the algorithm's class name and ``args``, for evaluation and resume."""
-    record = dict(algo=algorithm_name(args), args=dataclasses.asdict(args))
+def write_sidecar(run_dir: Path, args: Args, checkpoint: dict[str, Any] | None = None) -> None:
+    """Write ``run_dir/args.json`` (atomically): the algorithm's class name and ``args``, for evaluation and resume.
+
+    ``checkpoint``: :func:`memory_checkpoint_record` of ``--memory-checkpoint`` (stored as ``memory_checkpoint``), so
+    that the run's agent zips load without that file.
+    """
+    record: dict[str, Any] = dict(algo=algorithm_name(args), args=dataclasses.asdict(args))
+    if checkpoint is not None:
+        record["memory_checkpoint"] = checkpoint
     tmp = run_dir / f"{SIDECAR}.tmp"
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, run_dir / SIDECAR)
 
 
-def read_sidecar(run_dir: str | Path) -> tuple[str, Args]:
-    """``(algorithm name, Args)`` of a run folder written by :func:`main`.
+ALGORITHMS = ("PPO", "A2C", "RecurrentPPO", "EBMMRecurrentPPO")
+"""The algorithms :func:`algorithm_class` knows, by class name."""
+
+
+def read_run(run_dir: str | Path) -> tuple[str, Args, dict[str, Any] | None]:
+    """``(algorithm name, Args, memory-checkpoint record or None)`` of a run folder written by :func:`main`.
 
     Raises:
-        UsageError: the folder has no ``args.json``.
+        UsageError: the folder has no ``args.json``, or one that is not JSON of this layout.
     """
     file = Path(run_dir) / SIDECAR
     if not file.is_file():
         raise UsageError(f"{file} not found: {run_dir} is not a run folder of agents.train")
-    record = json.loads(file.read_text())
-    return record["algo"], _args_from_dict(record["args"], str(file))
+    try:
+        record = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(
+            f"{file} is not valid JSON ({error}); agents.train writes it: restore it from a copy"
+        ) from None
+    if not isinstance(record, dict) or not isinstance(record.get("args"), dict) or "algo" not in record:
+        raise UsageError(f"{file} is not agents.train's record: it needs 'algo' and an 'args' mapping")
+    if record["algo"] not in ALGORITHMS:
+        raise UsageError(f"{file}: unknown algo {record['algo']!r}; expected one of {list(ALGORITHMS)}")
+    checkpoint = record.get("memory_checkpoint")
+    if checkpoint is not None and not (
+        isinstance(checkpoint, dict) and isinstance(checkpoint.get("memory_spec"), dict)
+    ):
+        raise UsageError(f"{file}: 'memory_checkpoint' must be a mapping with a 'memory_spec' mapping")
+    return record["algo"], _args_from_dict(record["args"], str(file)), checkpoint
+
+
+def read_sidecar(run_dir: str | Path) -> tuple[str, Args]:
+    """``(algorithm name, Args)`` of a run folder written by :func:`main` (:func:`read_run` without the record).
+
+    Raises:
+        UsageError: the folder has no ``args.json``, or a malformed one.
+    """
+    algo, args, _ = read_run(run_dir)
+    return algo, args
+
+
+def load_run_agent(
+    path: str | Path,
+    algo: str,
+    args: Args,
+    observation_space: spaces.Space,
+    action_space: spaces.Space,
+    checkpoint: dict[str, Any] | None = None,
+    env: VecEnv | None = None,
+    contents: ZipContents | None = None,
+) -> BaseAlgorithm:
+    """The agent zip at ``path`` of a run of ``args``, loaded without unpickling anything (:mod:`agents.safe_load`).
+
+    The zip's pickled entries are rebuilt from ``args`` (policy and its kwargs, schedules), ``algo`` and the
+    environment's spaces; a ``--memory-checkpoint`` memory from ``checkpoint`` (``args.json``'s record) or, for
+    runs written before it, from the file if it is still there. ``contents``: :func:`agents.safe_load.read_zip`'s
+    result for ``path`` if the caller has it.
+
+    Raises:
+        AgentZipError: the zip cannot be read or loaded safely (see :func:`agents.safe_load.load_agent`).
+        UsageError: a ``--memory-checkpoint`` run whose memory can be rebuilt from neither.
+    """
+    contents = read_zip(path) if contents is None else contents
+    saved = None
+    if args.memory_checkpoint:
+        if checkpoint is None and Path(args.memory_checkpoint).is_file():
+            checkpoint = memory_checkpoint_record(args.memory_checkpoint)
+        if checkpoint is None:
+            raise UsageError(
+                f"{path}: its run used --memory-checkpoint {args.memory_checkpoint}, which is not there, and its "
+                f"{SIDECAR} does not describe that memory; put the file back at that path"
+            )
+        saved = SavedCheckpoint(checkpoint, contents.parameters)
+    try:
+        policy, policy_kwargs = policy_of(args, observation_space, saved)
+    except (ValueError, KeyError, TypeError) as error:
+        raise UsageError(f"{path}: cannot rebuild its policy from the run's settings ({error})") from None
+    known = KnownAgent(algorithm_class(algo), policy, policy_kwargs, observation_space, action_space, args.clip_range)
+    return load_agent(path, known, env=env, device=args.device, contents=contents)
 
 
 def check_env_id(name: str) -> None:
@@ -722,7 +908,7 @@ def validate(args: Args) -> None:
         raise UsageError("--memory-budget sizes a fresh memory; it cannot be combined with --memory-checkpoint")
     if args.resume is not None:
         _check_resumable(args.resume)
-        _, stored = read_sidecar(args.resume)
+        _, stored, _ = read_run(args.resume)
         changed = [
             f"--{f.name.replace('_', '-')} (run: {getattr(stored, f.name)!r}, given: {getattr(args, f.name)!r})"
             for f in dataclasses.fields(Args)
@@ -733,8 +919,13 @@ def validate(args: Args) -> None:
 
 
 def _check_resumable(run_dir: str) -> None:
+    """A usage error unless ``run_dir`` holds a readable ``checkpoint.zip`` (:func:`agents.safe_load.read_zip`)."""
     if not (Path(run_dir) / CHECKPOINT).is_file():
         raise UsageError(f"--resume {run_dir}: no {CHECKPOINT} there (train with --checkpoint-freq N)")
+    try:
+        read_zip(Path(run_dir) / CHECKPOINT)
+    except AgentZipError as error:
+        raise UsageError(f"--resume {run_dir}: {error}") from None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Args:
@@ -756,7 +947,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Args:
         if known.preset is not None:
             raise UsageError("--resume continues a run with its own settings; drop --preset")
         _check_resumable(known.resume)
-        _, defaults = read_sidecar(known.resume)
+        _, defaults, _ = read_run(known.resume)
     elif known.preset is not None:
         defaults = dataclasses.replace(defaults, **load_preset(known.preset))
     args = tyro.cli(Args, args=argv, default=defaults, prog="python -m agents.train")
@@ -820,23 +1011,41 @@ def _restore_evaluations(callback: EvalCallback, run_dir: Path, until: int) -> N
         callback.best_mean_reward = float(max(np.mean(r) for r in callback.evaluations_results))
 
 
-def main(args: Args) -> BaseAlgorithm:
+def main(args: Args) -> BaseAlgorithm | None:
     """Train, evaluate periodically, log to TensorBoard and save the model; returns the trained agent.
 
+    A ``--resume`` of a run whose checkpoint already reached ``--total-timesteps`` says so and returns ``None``,
+    changing nothing.
+
     Raises:
-        UsageError: ``args`` fails :func:`validate` (nothing is created then).
+        UsageError: ``args`` fails :func:`validate` (nothing is created then), or the checkpoint to resume from
+            cannot be loaded safely.
     """
     validate(args)  # fail before creating the run folder
     torch.set_num_threads(args.threads)
     run_dir = Path(args.resume) if args.resume else Path(args.run_root) / run_name(args)
+    checkpoint = memory_checkpoint_record(args.memory_checkpoint) if args.memory_checkpoint else None
+    if args.resume:
+        algo, _, checkpoint = read_run(run_dir)
+        steps = read_zip(run_dir / CHECKPOINT).data.get("num_timesteps")
+        if isinstance(steps, int) and steps >= args.total_timesteps:
+            print(f"{run_dir} is already at step {steps} (--total-timesteps {args.total_timesteps}): nothing to do. "
+                  f"To train on, give --total-timesteps above {steps}.")  # fmt: skip
+            return None
     run_dir.mkdir(parents=True, exist_ok=True)
     env = make_env(args)
     if args.resume:
-        model = algorithm_class(algorithm_name(args)).load(run_dir / CHECKPOINT, env=env, device=args.device)
+        try:
+            model = load_run_agent(
+                run_dir / CHECKPOINT, algo, args, env.observation_space, env.action_space, checkpoint, env=env
+            )
+        except AgentZipError as error:
+            env.close()
+            raise UsageError(f"--resume {run_dir}: {error}") from None
         print(f"resuming {run_dir} from step {model.num_timesteps}")
     else:
         model = build_model(args, env)
-    write_sidecar(run_dir, args)
+    write_sidecar(run_dir, args, checkpoint)
     model.set_logger(configure(str(run_dir), ["stdout", "tensorboard"]))
     _log_hyperparameters(model, args)
 
@@ -883,13 +1092,12 @@ def main(args: Args) -> BaseAlgorithm:
     return model
 
 
-def cli(argv: Sequence[str] | None = None) -> BaseAlgorithm:
+def cli(argv: Sequence[str] | None = None) -> BaseAlgorithm | None:
     """``python -m agents.train``: :func:`parse_args` then :func:`main`; a :class:`UsageError` exits with code 2."""
     try:
-        args = parse_args(argv)
+        return main(parse_args(argv))
     except UsageError as error:
         usage_error(str(error))
-    return main(args)
 
 
 def _log_hyperparameters(model: BaseAlgorithm, args: Args) -> None:

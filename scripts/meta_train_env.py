@@ -76,7 +76,8 @@ class Args:
     pattern_size: int = 32
     """self-supervised: the agent's --pattern-size"""
     collect_model: str | None = None
-    """self-supervised: play episodes with this saved SB3 model (model.zip) instead of a random policy"""
+    """self-supervised: play episodes with this saved agent of agents.train (an ``--memory mlp`` model.zip, loaded
+    without running code from it: ``agents.evaluate``) instead of a random policy"""
     collect_algo: Literal["ppo", "a2c", "recurrent-ppo"] = "ppo"
     """self-supervised: the algorithm of --collect-model"""
     write_queries: bool | None = None
@@ -159,9 +160,13 @@ def _collect_policy(args: Args):  # noqa: ANN202
         return None
     if args.collect_algo == "recurrent-ppo":
         raise ValueError("--collect-algo recurrent-ppo: a recurrent model needs its state; use a PPO/A2C model")
-    from stable_baselines3 import A2C, PPO
+    from agents.evaluate import load_model  # loads the zip without running code from it (agents.safe_load)
+    from agents.train import UsageError
 
-    model = (PPO if args.collect_algo == "ppo" else A2C).load(args.collect_model, device="cpu")
+    try:
+        model, _ = load_model(args.collect_model, env=args.env, memory="mlp")
+    except UsageError as error:
+        usage_error(f"--collect-model: {error}")
     return lambda obs, rng: model.predict(obs, deterministic=False)[0]
 
 
