@@ -1,11 +1,19 @@
-"""Small helpers shared by the command-line scripts: usage errors (exit code 2, no traceback) and device checks."""
+"""Small helpers shared by the command-line scripts: usage errors, device checks, the ends of a meta-training run.
+
+Usage errors exit with code 2 and no traceback; a resume with nothing left to do exits with 0; a diverged run
+with 1, naming the last healthy checkpoint.
+"""
 
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
+
+from ebmm_rl.checkpoint import load_checkpoint
+from ebmm_rl.training import CHECKPOINT_NAME, MetaTrainer, TrainingDiverged
 
 
 def usage_error(message: str, prog: str | None = None) -> NoReturn:
@@ -31,3 +39,32 @@ def check_device(device: str) -> torch.device:
     elif parsed.type not in ("cpu", "cuda", "mps"):
         usage_error(f"--device {device}: unsupported device type {parsed.type!r}; use cpu or cuda")
     return parsed
+
+
+def exit_if_finished(run_dir: str | Path, steps: int) -> None:
+    """Exit with code 0 and say so if ``run_dir/checkpoint.pt`` already reached ``steps``: a resume has nothing to do.
+
+    An unreadable checkpoint is a usage error.
+    """
+    path = Path(run_dir) / CHECKPOINT_NAME
+    try:
+        step = int(load_checkpoint(path)["step"])
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as error:
+        usage_error(f"--resume: {path} cannot be resumed from ({error})")
+    if step >= steps:
+        print(f"{run_dir} is already at step {step} (--steps {steps}): nothing to do. To train on, resume with --steps "
+              f"above {step}.")  # fmt: skip
+        raise SystemExit(0)
+
+
+def train_or_exit(trainer: MetaTrainer, resume: bool = False) -> dict[str, Any]:
+    """``trainer.train(resume)``; if it diverges, print why and the last healthy checkpoint, and exit with code 1."""
+    try:
+        return trainer.train(resume=resume)
+    except TrainingDiverged as error:
+        path = trainer.checkpoint_path
+        last = "none written"
+        if path is not None and path.is_file():
+            last = f"{path} (step {int(load_checkpoint(path)['step'])})"
+        print(f"error: {error}\nlast healthy checkpoint: {last}", file=sys.stderr)
+        raise SystemExit(1) from None

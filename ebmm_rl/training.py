@@ -12,7 +12,10 @@ it, and takes an AdamW step on the step-wise reconstruction loss.
 Divergence guards (DESIGN.md: the binary model diverged without them): a step whose loss or gradient norm is
 non-finite, or whose gradient norm exceeds ``skip_grad_norm``, is skipped and counted (TensorBoard
 ``meta/skipped_steps``); after ``max_consecutive_skips`` skips in a row (rollbacks in between do not reset the
-count), or when a rollback would exceed ``max_rollbacks``, training stops with :class:`TrainingDiverged`. The
+count), when a rollback would exceed ``max_rollbacks``, or once more than ``max_skipped_fraction`` of the run's
+steps were skipped (the run can no longer end below it; a run stopped early by its time limit is held to the
+fraction of the steps it took), training stops with :class:`TrainingDiverged`. Skips that come and go never reach
+the first rule, since every applied step resets it; the fraction catches them. The
 write and read step sizes are bounded inside :class:`EBMMemory`. No checkpoint is written from non-finite
 weights or while steps are being skipped (the final one included), and temporary files that a killed write left
 behind in the run folder are removed when training starts.
@@ -91,6 +94,8 @@ class TrainConfig:
             ``checkpoint_every`` steps) and scale the learning rates by ``rollback_lr_factor``; 0 disables it.
         rollback_lr_factor: learning-rate multiplier applied at each rollback.
         max_rollbacks: stop with :class:`TrainingDiverged` instead of rolling back more than this many times.
+        max_skipped_fraction: stop with :class:`TrainingDiverged` once more than this fraction of ``steps`` was
+            skipped (1: never).
         time_limit_s: stop after this many seconds of this process's CPU time in :meth:`MetaTrainer.train`
             (one core's time when torch uses one thread), then checkpoint and evaluate as at the end; 0: no
             limit. A compute budget that does not depend on how busy a shared machine is.
@@ -119,6 +124,7 @@ class TrainConfig:
     rollback_after: int = 0
     rollback_lr_factor: float = 0.5
     max_rollbacks: int = 5
+    max_skipped_fraction: float = 0.1
     time_limit_s: float = 0.0
     seed: int = 0
     device: str = "cpu"
@@ -128,7 +134,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("lr", "schedule_lr", "weight_decay", "grad_clip", "skip_grad_norm", "min_lr_ratio",
-                     "rollback_lr_factor", "time_limit_s"):  # fmt: skip
+                     "rollback_lr_factor", "max_skipped_fraction", "time_limit_s"):  # fmt: skip
             value = getattr(self, name)
             if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value)):
                 raise ValueError(f"TrainConfig.{name} must be a finite number, got {value!r}")
@@ -155,6 +161,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.time_limit_s must be >= 0 (0: no limit), got {self.time_limit_s}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"TrainConfig.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if not 0.0 <= self.max_skipped_fraction <= 1.0:
+            raise ValueError(
+                f"TrainConfig.max_skipped_fraction must lie in [0, 1] (1: never stop), got {self.max_skipped_fraction}"
+            )
         if not 0.0 <= self.min_lr_ratio <= 1.0 or not 0.0 < self.rollback_lr_factor <= 1.0:
             raise ValueError("TrainConfig: need 0 <= min_lr_ratio <= 1 and 0 < rollback_lr_factor <= 1")
         if self.rollback_after < 0 or (self.rollback_after and self.rollback_after >= self.max_consecutive_skips):
@@ -396,6 +406,8 @@ class MetaTrainer:
                 f"(lr, schedule_lr) or the step-size bounds (EBMMConfig.read_step_max, max_prior_step), or resume "
                 f"from an earlier checkpoint."
             )
+            if self.skipped_total > self.config.max_skipped_fraction * self.config.steps:
+                raise TrainingDiverged(self._fraction_message(self.config.steps) + f" {advice}")
             if self.consecutive_skips >= self.config.max_consecutive_skips:
                 raise TrainingDiverged(
                     f"meta-training diverged: {self.consecutive_skips} consecutive steps had a non-finite loss or "
@@ -420,11 +432,25 @@ class MetaTrainer:
         self.step += 1
         self._advance_schedule()
 
+    def _fraction_message(self, steps: int) -> str:
+        return (
+            f"meta-training diverged: {self.skipped_total} of {steps} steps were skipped, more than "
+            f"max_skipped_fraction ({self.config.max_skipped_fraction:g}) of them, with {self.rollbacks} rollback(s)"
+        )
+
+    def summary(self) -> str:
+        """``"{skipped} of {step} steps skipped, {rollbacks} rollback(s)"``: the guards' count, for a final line."""
+        return f"{self.skipped_total} of {self.step} steps skipped, {self.rollbacks} rollback(s)"
+
     def train(self, resume: bool = False) -> dict[str, float]:
         """Train up to ``config.steps`` meta-steps; with ``resume``, continue from ``run_dir/checkpoint.pt``.
 
         Returns:
-            The last evaluation (or the last step's loss when there is no ``evaluate`` callback).
+            The last evaluation, run at the last step (also when there was nothing left to train), or the last
+            step's loss when there is no ``evaluate`` callback.
+
+        Raises:
+            TrainingDiverged: a divergence guard fired (module docstring); no checkpoint is written then.
         """
         if resume:
             if self.checkpoint_path is None or not self.checkpoint_path.exists():
@@ -437,6 +463,7 @@ class MetaTrainer:
         cfg = self.config
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, desc="meta-train", unit="step")
         last: dict[str, float] = {}
+        evaluated_at: int | None = None
         episodes, window_start = 0, time.perf_counter()
         cpu_start = time.process_time()
         last_status = time.perf_counter()
@@ -469,7 +496,7 @@ class MetaTrainer:
                         last_status = time.perf_counter()
                         print(self._status_line(stats, rate, time.process_time() - cpu_start), flush=True)
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.evaluate is not None:
-                    last = self._run_eval(writer)
+                    last, evaluated_at = self._run_eval(writer), self.step
                 if self.step % cfg.checkpoint_every == 0:
                     self._snapshot_healthy()
                 if self.run_dir is not None and self.step % cfg.checkpoint_every == 0:
@@ -477,9 +504,14 @@ class MetaTrainer:
                     self._save_if_healthy(bar.write)
         finally:
             bar.close()
+        if self.skipped_total > cfg.max_skipped_fraction * self.step:  # stopped early: held to the steps it took
+            raise TrainingDiverged(
+                f"{self._fraction_message(self.step)}, at step {self.step}. Lower the learning rates (lr, schedule_lr) "
+                f"or resume from an earlier checkpoint."
+            )
         if self.run_dir is not None:
             self._save_if_healthy(tqdm.write)
-        if self.evaluate is not None and not (cfg.eval_every and self.step % cfg.eval_every == 0):
+        if self.evaluate is not None and evaluated_at != self.step:
             last = self._run_eval(writer)
         if writer is not None:
             writer.flush()

@@ -28,7 +28,7 @@ import tyro
 
 from ebmm_rl.binary import TABLE1_NUM_PATTERNS
 from ebmm_rl.binary_training import binary_evaluator, binary_sampler
-from ebmm_rl.cli import check_device
+from ebmm_rl.cli import check_device, exit_if_finished, train_or_exit
 from ebmm_rl.distortions import make_sampler
 from ebmm_rl.image_eval import NOISES, episode_errors, metric_name, query_distortion
 from ebmm_rl.protocol import HOPFIELD_BUDGET, MEMORIES, build_memory
@@ -152,6 +152,8 @@ def main(args: Args) -> None:
         raise SystemExit(f"--model {args.model!r} is not a trainable memory; choose one of {trainable}")
     if args.resume and args.run_dir is None:
         raise SystemExit("--resume needs --run-dir: the folder of the run to continue")
+    if args.resume:
+        exit_if_finished(args.run_dir, args.steps)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -191,12 +193,12 @@ def main(args: Args) -> None:
         evaluate=evaluator if args.eval_batches else None,
     )
     start_wall, start_cpu = time.perf_counter(), time.process_time()
-    result = trainer.train(resume=args.resume)
+    result = train_or_exit(trainer, resume=args.resume)
     wall, cpu = (time.perf_counter() - start_wall) / 60, (time.process_time() - start_cpu) / 60
     scores = ", ".join(f"{k} {v:.2f}" for k, v in result.items())
     print(
         f"{args.model}: {scores} ({args.eval_batches} batches of {args.batch_size}) after {trainer.step} steps, "
-        f"{cpu:.1f} min CPU / {wall:.1f} min wall this session on {args.device}; checkpoint "
+        f"{cpu:.1f} min CPU / {wall:.1f} min wall this session on {args.device}; {trainer.summary()}; checkpoint "
         f"{trainer.checkpoint_path} (best evaluation: {run_dir / 'best.pt'})"
     )
 

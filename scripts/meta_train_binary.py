@@ -19,13 +19,14 @@ num_corrupted`` known bits are clamped, so only corrupted ones can be wrong); ``
 the meta-loss's squared error of the last read iterate, summed over a pattern's bits. The final line prints
 chance (the query itself returned: half of the corrupted bits wrong) and the Hebb rule on the same batches.
 
-Exit codes: 0 done, 1 meta-training diverged (the message names the step and the last healthy checkpoint),
-2 usage error.
+Exit codes: 0 done (or nothing left to do: a ``--resume`` of a run already at ``--steps``), 1 meta-training
+diverged (the message names the step and the last healthy checkpoint), 2 usage error. Divergence: more than
+``--max-consecutive-skips`` skipped steps in a row, more than ``--max-rollbacks`` rollbacks, or more than
+``--max-skipped-fraction`` of the run's steps skipped. The final line counts the skipped steps and rollbacks.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,12 +35,12 @@ import torch
 import tyro
 
 from ebmm_rl.binary_training import binary_evaluator, binary_read_metrics, binary_sampler
-from ebmm_rl.cli import check_device, usage_error
+from ebmm_rl.cli import check_device, exit_if_finished, train_or_exit, usage_error
 from ebmm_rl.energy import GatedRNNConfig, GatedRNNEnergy
 from ebmm_rl.hopfield import HebbMemory, HopfieldConfig
 from ebmm_rl.memory import EBMMConfig, EBMMemory
 from ebmm_rl.precision import Precision
-from ebmm_rl.training import MetaTrainer, TrainConfig, TrainingDiverged
+from ebmm_rl.training import MetaTrainer, TrainConfig
 
 
 @dataclass
@@ -83,6 +84,10 @@ class Args:
     rollback_after: int = 20
     """after this many exploding steps in a row, go back to the last healthy weights with halved learning
     rates (0: off; the N = 64 model diverged near step 2000 without it)"""
+    max_rollbacks: int = 5
+    """stop (exit code 1) instead of rolling back more than this many times"""
+    max_skipped_fraction: float = 0.1
+    """stop (exit code 1) once more than this fraction of --steps was skipped (1: never)"""
     write_lr_init: float = 0.1
     """initial write learning rates (paper: 1e-4, which needs far more steps than a CPU run has)"""
     read_step_init: float = 2.0
@@ -168,6 +173,8 @@ def check_args(args: Args) -> None:
     if args.resume and not (Path(args.run_dir) / "checkpoint.pt").is_file():
         usage_error(f"--resume: no checkpoint.pt in {args.run_dir}")
     check_device(args.device)
+    if args.resume:
+        exit_if_finished(args.run_dir, args.steps)
 
 
 def main(args: Args) -> None:
@@ -191,6 +198,8 @@ def main(args: Args) -> None:
             lr_schedule=args.lr_schedule,
             min_lr_ratio=args.min_lr_ratio,
             rollback_after=args.rollback_after,
+            max_rollbacks=args.max_rollbacks,
+            max_skipped_fraction=args.max_skipped_fraction,
             checkpoint_every=args.checkpoint_every,
             log_every=args.log_every,
             eval_every=args.eval_every,
@@ -218,13 +227,7 @@ def main(args: Args) -> None:
         read_metrics=binary_read_metrics,
     )
     start = time.perf_counter()
-    try:
-        result = trainer.train(resume=args.resume)
-    except TrainingDiverged as error:
-        path = trainer.checkpoint_path
-        last = f"{path} (step {torch.load(path, weights_only=True)['step']})" if path.is_file() else "none written"
-        print(f"error: {error}\nlast healthy checkpoint: {last}", file=sys.stderr)
-        raise SystemExit(1) from None
+    result = train_or_exit(trainer, resume=args.resume)
     minutes = (time.perf_counter() - start) / 60
     evaluate = make_evaluator(args, args.eval_batches)
     chance = evaluate(QueryAsAnswer())["error_bits"]
@@ -234,7 +237,7 @@ def main(args: Args) -> None:
         f"(p5 {result['error_bits_p5']:.2f}, p95 {result['error_bits_p95']:.2f}, {args.eval_batches} batches of "
         f"{args.batch_size}) after {trainer.step} steps, {minutes:.1f} min this session on {args.device} "
         f"({args.precision}); same batches: chance (query returned) {chance:.2f}, Hebb rule {hebb:.2f} error bits; "
-        f"checkpoint {trainer.checkpoint_path} (best evaluation: {run_dir / 'best.pt'})"
+        f"{trainer.summary()}; checkpoint {trainer.checkpoint_path} (best evaluation: {run_dir / 'best.pt'})"
     )
 
 

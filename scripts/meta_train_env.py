@@ -34,7 +34,7 @@ import torch
 import tyro
 
 from ebmm_rl.checkpoint import save_atomic
-from ebmm_rl.cli import check_device, usage_error
+from ebmm_rl.cli import check_device, exit_if_finished, train_or_exit, usage_error
 from ebmm_rl.energy.mlp import MLPConfig, MLPEnergy
 from ebmm_rl.memory import EBMMemory
 from ebmm_rl.rl.env_meta import EnvRecallSampler, recall_forward, recall_metrics
@@ -230,9 +230,9 @@ def _train_and_report(
     trainer = MetaTrainer(memory, sample, _train_config(args), run_dir=run_dir, hparams=asdict(args),
                           evaluate=evaluate, forward=forward)  # fmt: skip
     start = time.process_time()
-    after = trainer.train(resume=args.resume)
+    after = train_or_exit(trainer, resume=args.resume)
     print(
-        f"after {trainer.step} meta-steps ({(time.process_time() - start) / 60:.1f} CPU min): "
+        f"after {trainer.step} meta-steps ({(time.process_time() - start) / 60:.1f} CPU min, {trainer.summary()}): "
         + ", ".join(f"{k} {v:.4f}" for k, v in after.items())
     )
     return after
@@ -262,6 +262,8 @@ def main(args: Args) -> dict[str, float]:
     torch.manual_seed(args.seed)
     if args.resume and args.run_dir is None:
         usage_error("--resume needs --run-dir: the folder of the run to continue")
+    if args.resume:
+        exit_if_finished(_run_dir(args), args.steps)
     for name in ("steps", "episodes", "window", "batch_size", "eval_rows", "max_episode_steps"):
         if getattr(args, name) < 1:
             usage_error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")

@@ -40,7 +40,7 @@ import torch
 import tyro
 
 from ebmm_rl.checkpoint import load_checkpoint
-from ebmm_rl.cli import check_device
+from ebmm_rl.cli import check_device, exit_if_finished, train_or_exit
 from ebmm_rl.data import DATA_DIR_VAR, FOLDERS, ImageDataset, load_dataset
 from ebmm_rl.distortions import make_sampler
 from ebmm_rl.distributed import (
@@ -291,6 +291,8 @@ def main(args: Args) -> None:
         torch.set_num_threads(args.threads)
     if args.resume and args.run_dir is None:
         raise SystemExit("--resume needs --run-dir: the folder of the run to continue")
+    if args.resume:
+        exit_if_finished(args.run_dir, args.steps)
     context = init_distributed(args.device)
     try:
         train(args, context)
@@ -353,7 +355,7 @@ def train(args: Args, context: DistributedContext) -> None:
         )
     start_step = int(load_checkpoint(run_dir / CHECKPOINT_NAME)["step"]) if args.resume else 0
     start = time.perf_counter()
-    result = trainer.train(resume=args.resume)
+    result = train_or_exit(trainer, resume=args.resume)
     seconds = time.perf_counter() - start
     if context.is_main:
         metric = metric_name(train_set.binary)
@@ -362,7 +364,7 @@ def train(args: Args, context: DistributedContext) -> None:
             f"{args.dataset} test {metric}: {result[metric]:.2f} (p5 {result[metric + '_p5']:.2f}, p95 "
             f"{result[metric + '_p95']:.2f}, {args.eval_batches} batches of {args.batch_size}x{args.num_patterns}) "
             f"after {trainer.step} steps; {seconds / 60:.1f} min this session ({seconds / steps:.2f} s/step incl. "
-            f"evaluation) on {context.device}; checkpoint {trainer.checkpoint_path}",
+            f"evaluation) on {context.device}; {trainer.summary()}; checkpoint {trainer.checkpoint_path}",
             flush=True,
         )
     if context.distributed:

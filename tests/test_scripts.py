@@ -44,13 +44,37 @@ def test_meta_train_binary_runs_and_resumes(tmp_path):
 
 def test_meta_train_binary_divergence_exits_1_and_names_the_step(tmp_path):
     args = [*TINY_BINARY, "--steps", "20", "--skip-grad-norm", "1e-12", "--max-consecutive-skips", "4",
-            "--rollback-after", "2", "--run-dir", str(tmp_path / "run")]  # fmt: skip
+            "--rollback-after", "2", "--max-skipped-fraction", "1", "--run-dir", str(tmp_path / "run")]  # fmt: skip
     result = subprocess.run([sys.executable, "scripts/meta_train_binary.py", *args], cwd=ROOT, capture_output=True,
                             text=True, timeout=600, check=False)  # fmt: skip
     assert result.returncode == 1, result.stdout + result.stderr
     assert "diverged" in result.stderr and "at step 3" in result.stderr and "Traceback" not in result.stderr
     assert "last healthy checkpoint: none written" in result.stderr
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_meta_train_binary_stops_at_the_skipped_fraction_with_rollback_on(tmp_path):
+    args = [*TINY_BINARY, "--steps", "20", "--checkpoint-every", "1", "--rollback-after", "2",
+            "--max-skipped-fraction", "0.25", "--run-dir", str(tmp_path / "run")]  # fmt: skip
+    run("scripts/meta_train_binary.py", *args[:-2], "--steps", "3", "--run-dir", str(tmp_path / "run"))
+    # resumed with every step exploding: 0.25 of 20 steps is 5, the 6th skip (step 8, after 2 rollbacks) stops it
+    command = [sys.executable, "scripts/meta_train_binary.py", *args, "--skip-grad-norm", "1e-12", "--resume"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "6 of 20 steps were skipped" in result.stderr and "2 rollback(s)" in result.stderr
+    assert "at step 8" in result.stderr and "Traceback" not in result.stderr
+    assert f"last healthy checkpoint: {tmp_path / 'run' / 'checkpoint.pt'} (step 3)" in result.stderr
+
+
+def test_meta_train_binary_final_line_counts_skips_and_a_finished_run_has_nothing_to_do(tmp_path):
+    run_dir = tmp_path / "run"
+    out = run("scripts/meta_train_binary.py", *TINY_BINARY, "--steps", "2", "--run-dir", str(run_dir))
+    assert "after 2 steps" in out and "0 of 2 steps skipped, 0 rollback(s)" in out.splitlines()[-1]
+    before = (run_dir / "checkpoint.pt").read_bytes()
+    for steps in ("2", "1"):
+        out = run("scripts/meta_train_binary.py", *TINY_BINARY, "--steps", steps, "--run-dir", str(run_dir), "--resume")
+        assert f"is already at step 2 (--steps {steps}): nothing to do" in out and "--steps above 2" in out
+    assert (run_dir / "checkpoint.pt").read_bytes() == before
 
 
 def test_bench_memory_prints_the_table():

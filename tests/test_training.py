@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from dataclasses import replace as dataclasses_replace
 from types import SimpleNamespace
 
@@ -36,7 +37,9 @@ def fixed_batch_loss(memory: EBMMemory) -> float:
 
 
 def config(**overrides) -> TrainConfig:
-    base = dict(steps=6, lr=3e-3, schedule_lr=3e-3, grad_clip=1.0, checkpoint_every=3, progress=False, log_every=2)
+    """Tiny settings; the skipped-fraction guard is off unless a test sets it (it tests the other guards alone)."""
+    base = dict(steps=6, lr=3e-3, schedule_lr=3e-3, grad_clip=1.0, checkpoint_every=3, progress=False, log_every=2,
+                max_skipped_fraction=1.0)  # fmt: skip
     return TrainConfig(**{**base, **overrides})
 
 
@@ -216,6 +219,7 @@ def test_rollback_restores_the_healthy_snapshot_and_lowers_the_learning_rates():
     trainer = MetaTrainer(memory, sampler, config(steps=6, checkpoint_every=2, rollback_after=2))
     trainer.train()
     assert trainer.rollbacks == 1 and trainer.skipped_total == 2 and trainer.step == 6
+    assert trainer.summary() == "2 of 6 steps skipped, 1 rollback(s)"
     for name, value in seen[6].items():
         torch.testing.assert_close(value, seen[3][name], rtol=0, atol=0, msg=name)
     assert [g["lr"] for g in trainer.optimizer.param_groups] == pytest.approx([1.5e-3, 1.5e-3])
@@ -367,3 +371,53 @@ def test_specs_written_before_prior_anchor_existed_load_as_initial():
     spec = memory_spec(tiny_memory())
     del spec["ebmm_config"]["prior_anchor"]
     assert build_memory(spec).config.prior_anchor == "initial"
+
+
+def test_skips_that_come_and_go_stop_at_the_skipped_fraction():
+    memory = tiny_memory()
+    exploding(memory, lambda n: n % 2 == 0)  # every other step explodes: no run of skips, no rollback
+    cfg = config(steps=20, checkpoint_every=1, rollback_after=2, max_consecutive_skips=5, max_skipped_fraction=0.25)
+    trainer = MetaTrainer(memory, sampler, cfg)
+    # 0.25 of 20 steps is 5: the 6th skip (call 12, step 11) is one too many; the run stops there
+    with pytest.raises(TrainingDiverged, match=r"6 of 20 steps were skipped, more than max_skipped_fraction \(0.25\)"):
+        trainer.train()
+    assert (trainer.skipped_total, trainer.step, trainer.rollbacks) == (6, 11, 0)
+    memory = tiny_memory()
+    exploding(memory, lambda n: n % 2 == 0)
+    trainer = MetaTrainer(memory, sampler, dataclasses_replace(cfg, max_skipped_fraction=0.5))
+    trainer.train()  # 10 of 20 skipped: not more than half
+    assert trainer.skipped_total == 10 and trainer.step == 20
+
+
+def test_a_run_stopped_by_its_time_limit_is_held_to_the_steps_it_took(monkeypatch):
+    import ebmm_rl.training as training
+
+    clock = iter(range(100))  # one CPU second per call: the start, then one check per step
+    monkeypatch.setattr(
+        training, "time", SimpleNamespace(process_time=lambda: next(clock), perf_counter=time.perf_counter)
+    )
+    memory = tiny_memory()
+    exploding(memory, lambda n: n >= 2)  # steps 1 and 2 (of the 3 the limit allows) explode
+    trainer = MetaTrainer(memory, sampler, config(steps=10, time_limit_s=4, max_skipped_fraction=0.5))
+    with pytest.raises(TrainingDiverged, match="2 of 3 steps were skipped.*at step 3"):
+        trainer.train()  # 2 of 10 would pass; 2 of the 3 steps taken do not
+    assert trainer.step == 3
+
+
+def test_a_finished_run_still_returns_its_evaluation(tmp_path):
+    calls = []
+
+    def evaluate(memory):
+        calls.append(1)
+        return {"score": float(len(calls))}
+
+    MetaTrainer(tiny_memory(), sampler, config(steps=4, eval_every=2), run_dir=tmp_path, evaluate=evaluate).train()
+    assert len(calls) == 2  # steps 2 and 4, none after the loop
+    resumed = MetaTrainer(tiny_memory(), sampler, config(steps=4, eval_every=2), run_dir=tmp_path, evaluate=evaluate)
+    assert resumed.train(resume=True) == {"score": 3.0} and resumed.step == 4
+
+
+def test_skipped_fraction_outside_0_1_is_refused():
+    for value in (-0.1, 1.5, math.nan):
+        with pytest.raises(ValueError, match="max_skipped_fraction"):
+            config(max_skipped_fraction=value)
