@@ -117,6 +117,10 @@ class EBMMConfig:
                 raise ValueError(f"EBMMConfig: {message}")
 
 
+class NonFiniteState(ValueError):
+    """A :class:`MemoryState` given to :meth:`EBMMemory.read` or :meth:`EBMMemory.write` holds NaN or inf."""
+
+
 @dataclass
 class MemoryState:
     """The written memory: fast weights of ``B`` independent episodes.
@@ -379,13 +383,17 @@ class EBMMemory(nn.Module):
         """
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        N = patterns.shape[1] if patterns.dim() > 1 else 0
+        self._check_patterns(patterns, "patterns")  # once: the chunks are slices of it
+        if state is not None:
+            self._check_state(state)
+        N = patterns.shape[1]
         create_graph = torch.is_grad_enabled() if create_graph is None else create_graph
         schedule = self.schedule(create_graph)  # the same T rates for every chunk
-        for start in range(0, max(N, 1), chunk_size):
+        for start in range(0, N, chunk_size):
             chunk = patterns[:, start : start + chunk_size]
             mask = None if pattern_mask is None else pattern_mask[:, start : start + chunk_size]
-            state = self.write(chunk, state, mask, create_graph, schedule=schedule)
+            # the states between chunks are this call's own: a diverging write must reach the loss, not raise
+            state = self.write(chunk, state, mask, create_graph, check=False, schedule=schedule)
         return state
 
     def schedule(self, create_graph: bool) -> WriteSchedule:
@@ -587,6 +595,7 @@ class EBMMemory(nn.Module):
         known_mask: Tensor | None = None,
         create_graph: bool | None = None,
         compute_energies: bool = False,
+        check_state: bool = True,
     ) -> ReadResult:
         """Retrieve stored patterns from distorted queries by ``K`` projected Nesterov gradient steps.
 
@@ -600,12 +609,18 @@ class EBMMemory(nn.Module):
                 to be correct and stay clamped to the query.
             create_graph: keep the graph for meta-gradients. Default: ``torch.is_grad_enabled()``.
             compute_energies: also return ``E(x⁽ᵏ⁾)`` for every iterate (one extra batched forward pass).
+            check_state: check that ``state`` belongs to this memory and is finite. :meth:`forward` passes
+                ``False`` for the state it has just written, so that a diverging write ends in a non-finite loss
+                (which the trainer skips) instead of an error.
 
         Returns:
             A :class:`ReadResult` with all ``K + 1`` iterates.
         """
         self._check_patterns(queries, "queries")
-        self._check_state(state)
+        if check_state:
+            self._check_state(state)
+        elif not isinstance(state, MemoryState):
+            raise TypeError(f"state must be the MemoryState returned by write(), got {type(state).__name__}")
         if state.batch_size != queries.shape[0]:
             raise ValueError(
                 f"state holds {state.batch_size} episodes but queries have B={queries.shape[0]}; they must match"
@@ -695,7 +710,7 @@ class EBMMemory(nn.Module):
             state = self.write_chunked(patterns, self.config.chunk_size)
         else:
             state = self.write(patterns)
-        result = self.read(queries, state, known_mask)
+        result = self.read(queries, state, known_mask, check_state=False)
         loss, errors = self.meta_loss(patterns, result)
         return MetaOutput(loss, errors, result, state)
 
@@ -721,6 +736,14 @@ class EBMMemory(nn.Module):
                     f"state does not belong to this memory: fast weight {n!r} should be [B, {expected}], got {got}; "
                     f"write it with this memory (same energy network and dynamic_size)"
                 )
+        names = list(self.energy.memory_parameters())
+        finite = torch.stack([torch.isfinite(state.fast_weights[n]).all() for n in names])  # one host sync
+        if not bool(finite.all()):
+            bad = [n for n, ok in zip(names, finite.tolist(), strict=True) if not ok]
+            raise NonFiniteState(
+                f"state holds NaN or inf in fast weight(s) {', '.join(map(repr, bad))}: the write that made it "
+                f"diverged (or the state was changed); write the patterns again, from initial_state(B) if need be"
+            )
 
     def _check_patterns(self, x: Tensor, name: str) -> None:
         expected = f"[B, N, {', '.join(map(str, self.data_shape))}]"
@@ -760,7 +783,20 @@ def stepwise_loss(patterns: Tensor, result: ReadResult) -> tuple[Tensor, Tensor]
 
     Returns:
         ``(loss, errors)``: the scalar loss and the detached ``[K]`` error of each iterate.
+
+    Raises:
+        TypeError: ``result`` is not a :class:`ReadResult` or ``patterns`` not a tensor.
+        ValueError: ``patterns`` hold NaN or inf, or do not have the shape of the queries.
     """
+    if not isinstance(result, ReadResult):
+        raise TypeError(
+            f"result must be the ReadResult returned by read() (meta_loss(patterns, memory.read(queries, state))), "
+            f"got {type(result).__name__}"
+        )
+    if not isinstance(patterns, Tensor):
+        raise TypeError(f"patterns must be a torch.Tensor [B, M, D...], got {type(patterns).__name__}")
+    if not bool(torch.isfinite(patterns).all()):
+        raise ValueError("patterns contains NaN or inf values: the loss compares every read iterate with them")
     if patterns.shape != result.retrieved.shape:
         raise ValueError(
             f"patterns {tuple(patterns.shape)} must have the shape of the queries that were read "

@@ -20,6 +20,9 @@ write and read step sizes are bounded inside :class:`EBMMemory`. No checkpoint i
 weights or while steps are being skipped (the final one included), and temporary files that a killed write left
 behind in the run folder are removed when training starts.
 
+A forward whose read refuses the state it has just written (:class:`~ebmm_rl.memory.NonFiniteState`: the write
+produced NaN or inf fast weights) is skipped in the same way.
+
 Skipping alone does not rescue a run whose weights have reached a region where every batch explodes (seen on
 the binary model at N = 64 around step 2000: gradient norms jumped from about 1e2 to 1e11-1e15 and stayed
 there). With ``rollback_after > 0`` the trainer then restores the weights and optimiser state of its last
@@ -52,7 +55,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ebmm_rl.checkpoint import load_checkpoint, memory_spec, non_finite_tensors, remove_stale_temp_files, save_atomic
-from ebmm_rl.memory import WRITE_TERMS, EBMMemory
+from ebmm_rl.memory import WRITE_TERMS, EBMMemory, NonFiniteState
 from ebmm_rl.precision import Precision, autocast_context, check_precision, set_matmul_precision
 
 Batch = tuple[Tensor, Tensor, "Tensor | None"]
@@ -333,8 +336,13 @@ class MetaTrainer:
         """One meta-step: sample, write, read, backpropagate, guard, update."""
         self.memory.train()
         batch = self.sample_batch(self.generator)
-        with autocast_context(self.config.precision, self.device):  # bf16: only the energy's products
-            out = self.memory(*batch) if self.forward is None else self.forward(self.memory, batch)
+        try:
+            with autocast_context(self.config.precision, self.device):  # bf16: only the energy's products
+                out = self.memory(*batch) if self.forward is None else self.forward(self.memory, batch)
+        except NonFiniteState:  # a forward that reads the state it wrote, checked: the write diverged
+            self.optimizer.zero_grad(set_to_none=True)
+            self._apply_or_skip(True, math.nan, math.nan)
+            return StepStats(self.step, math.nan, [math.nan], math.nan, True, batch[0].shape[0])
         self.optimizer.zero_grad(set_to_none=True)
         loss = out.loss.float()
         grad_norm = math.nan

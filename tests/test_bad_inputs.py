@@ -7,17 +7,23 @@ error), no traceback, and no run folder left behind.
 from __future__ import annotations
 
 import math
+import os
+import pathlib
+import pickle
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 
 import envs  # noqa: F401  (registers the ebmm/ ids)
 from ebmm_rl.binary import corrupt, error_bits, sample_patterns
 from ebmm_rl.checkpoint import build_memory, load_checkpoint, load_memory, memory_spec
+from ebmm_rl.data import load_cifar10, load_imagenet64, load_mnist, load_omniglot
 from ebmm_rl.energy import (
     GatedRNNConfig,
     MLPConfig,
@@ -27,7 +33,7 @@ from ebmm_rl.energy import (
     ResNetLowerConvConfig,
 )
 from ebmm_rl.hopfield import HopfieldConfig
-from ebmm_rl.memory import EBMMConfig, EBMMemory
+from ebmm_rl.memory import EBMMConfig, EBMMemory, MemoryState, NonFiniteState
 from ebmm_rl.training import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +55,26 @@ def foreign_state_read():
 
 def foreign_state_write():
     return mlp_memory(4).write(patterns(2, 3, 6), mlp_memory(5).initial_state(2))
+
+
+def state_with(value: float, name: str = "memory.weight") -> MemoryState:
+    """A written state of ``mlp_memory()`` whose fast weight ``name`` holds ``value`` in one entry."""
+    state = mlp_memory().write(patterns(2, 3, 6))
+    fast = dict(state.fast_weights)
+    fast[name] = fast[name].detach().clone()
+    fast[name].view(-1)[1] = value
+    return MemoryState(fast, state.num_written)
+
+
+def read_result():
+    memory = mlp_memory()
+    return memory.read(patterns(2, 3, 6), memory.write(patterns(2, 3, 6)))
+
+
+def pattern_with(value: float) -> torch.Tensor:
+    x = patterns(2, 3, 6)
+    x[1, 2, 3] = value
+    return x
 
 
 def file_with(tmp_path: Path, content: bytes) -> Path:
@@ -93,6 +119,51 @@ API_CASES = [
     ("int patterns", lambda: mlp_memory().write(torch.ones(2, 3, 6, dtype=torch.long)), ValueError, "floating"),
     ("list patterns", lambda: mlp_memory().write([[0.0] * 6]), ValueError, "torch.Tensor"),
     ("chunk_size 0", lambda: mlp_memory().write_chunked(patterns(2, 3, 6), 0), ValueError, "chunk_size"),
+    ("write_chunked rank-1", lambda: mlp_memory().write_chunked(patterns(6), 2), ValueError, r"\[B, N, 6\]"),
+    ("write_chunked of a list", lambda: mlp_memory().write_chunked([[0.0] * 6], 2), ValueError, "torch.Tensor"),
+    (
+        "read a NaN state",
+        lambda: mlp_memory().read(patterns(2, 3, 6), state_with(NAN)),
+        NonFiniteState,
+        "NaN or inf in fast weight.*'memory.weight'",
+    ),
+    (
+        "read an +inf state",
+        lambda: mlp_memory().read(patterns(2, 3, 6), state_with(INF, "memory.bias")),
+        NonFiniteState,
+        "'memory.bias'",
+    ),
+    (
+        "write into a NaN state",
+        lambda: mlp_memory().write(patterns(2, 3, 6), state_with(NAN)),
+        NonFiniteState,
+        "'memory.weight'",
+    ),
+    (
+        "write_chunked into an -inf state",
+        lambda: mlp_memory().write_chunked(patterns(2, 3, 6), 1, state_with(-INF)),
+        NonFiniteState,
+        "'memory.weight'",
+    ),
+    (
+        "meta_loss of NaN patterns",
+        lambda: mlp_memory().meta_loss(pattern_with(NAN), read_result()),
+        ValueError,
+        "patterns contains NaN or inf",
+    ),
+    (
+        "meta_loss of +inf patterns",
+        lambda: mlp_memory().meta_loss(pattern_with(INF), read_result()),
+        ValueError,
+        "patterns contains NaN or inf",
+    ),
+    (
+        "meta_loss(patterns, tensor)",
+        lambda: mlp_memory().meta_loss(patterns(2, 3, 6), read_result().iterates),
+        TypeError,
+        "ReadResult",
+    ),
+    ("meta_loss(list, result)", lambda: mlp_memory().meta_loss([[0.0]], read_result()), TypeError, "torch.Tensor"),
     # EBMMConfig
     ("alpha_init=inf", lambda: EBMMConfig(alpha_init=INF), ValueError, "alpha_init"),
     ("alpha_init=nan", lambda: EBMMConfig(alpha_init=NAN), ValueError, "alpha_init"),
@@ -179,6 +250,16 @@ API_CASES = [
         "config",
     ),  # fmt: skip
     ("build_memory of a list", lambda: build_memory([1, 2]), ValueError, "dict"),
+    # data sets (checked before any file is read)
+    ("load_mnist(image_size=0)", lambda: load_mnist(root="/nonexistent", image_size=0), ValueError, "image_size"),
+    (
+        "load_omniglot(image_size=2.5)",
+        lambda: load_omniglot(root="/nonexistent", image_size=2.5),
+        ValueError,
+        "image_size",
+    ),
+    # training settings
+    ("max_skipped_fraction=2", lambda: TrainConfig(max_skipped_fraction=2.0), ValueError, "max_skipped_fraction"),
 ]
 
 
@@ -255,3 +336,90 @@ def test_cli_bad_input_is_a_usage_error(tmp_path, name, script, args, message):
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr and message in result.stderr, result.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "missing").exists()
+
+
+# ------------------------------------------------------------------------------------------------ data files
+class Touch:
+    """Unpickling it creates ``path``: a stand-in for any code a crafted pickle runs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
+def test_cifar_labels_that_are_not_numbers_name_the_file(tmp_path):
+    batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": ["cat", "dog"]}
+    (tmp_path / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(ValueError, match="'labels' must be integers 0..9, got .* 'cat'") as info:
+        load_cifar10("test", tmp_path)
+    assert str(tmp_path / "test_batch") in str(info.value)
+
+
+def test_an_imagenet_npz_of_pickled_objects_is_refused_unread(tmp_path):
+    marker = tmp_path / "ran"
+    np.savez(tmp_path / "val_data.npz", data=np.zeros((1, 12288), np.uint8), labels=np.array([Touch(marker)]))
+    with pytest.raises(ValueError, match="pickled Python objects.*re-download") as info:
+        load_imagenet64("test", tmp_path)
+    assert str(tmp_path / "val_data.npz") in str(info.value) and "allow_pickle" not in str(info.value)
+    assert not marker.exists()
+    np.savez(tmp_path / "val_data.npz", data=np.zeros((1, 12288), np.uint8), labels=np.array(["n01440764"]))
+    with pytest.raises(ValueError, match="'labels' must be integers 1..1000, got .* 'n01440764'"):
+        load_imagenet64("test", tmp_path)
+
+
+# ------------------------------------------------------------------------------------------- agent commands
+def write_agent_files(tmp: Path) -> None:
+    """The broken inputs of AGENT_CASES: zips, run folders and presets."""
+    (tmp / "empty.zip").write_bytes(b"")
+    (tmp / "random.zip").write_bytes(bytes(range(256)) * 8)
+    (tmp / "json").mkdir()
+    (tmp / "json" / "args.json").write_text('{"algo": "PPO", "args": {"env": ')
+    tensors = tmp / "policy.pth"
+    torch.save({"weight": torch.zeros(2)}, tensors)
+    with zipfile.ZipFile(tmp / "json" / "model.zip", "w") as archive:  # readable: the args.json beside it is not
+        archive.writestr("data", "{}")
+        archive.writestr("policy.pth", tensors.read_bytes())
+    (tmp / "ckpt").mkdir()
+    (tmp / "ckpt" / "args.json").write_text('{"algo": "PPO", "args": {"env": "ebmm/DelayedRecall-Easy-v0"}}')
+    with zipfile.ZipFile(tmp / "whole.zip", "w") as archive:
+        archive.writestr("data", "{}" * 2000)
+        archive.writestr("policy.pth", b"\0" * 4000)
+    (tmp / "ckpt" / "checkpoint.zip").write_bytes((tmp / "whole.zip").read_bytes()[:3000])  # cut off mid-write
+    (tmp / "yaml.yml").write_text("n_envs: [1, 2\nmemory: mlp\n")
+    (tmp / "n_envs.yml").write_text("memory: mlp\nn_envs: four\n")
+
+
+AGENT_CASES = [
+    ("evaluate an empty zip", ["agents.evaluate", "{tmp}/empty.zip"], "is empty (0 bytes)"),
+    (
+        "evaluate a random zip",
+        ["agents.evaluate", "{tmp}/random.zip", "--env", "ebmm/DelayedRecall-Easy-v0", "--memory", "mlp"],
+        "cannot be read as a zip",
+    ),  # fmt: skip
+    (
+        "evaluate beside a malformed args.json",
+        ["agents.evaluate", "{tmp}/json/model.zip"],
+        "args.json is not valid JSON",
+    ),
+    ("resume from a truncated checkpoint.zip", ["agents.train", "--resume", "{tmp}/ckpt"], "cannot be read as a zip"),
+    ("preset of malformed YAML", ["agents.train", "--preset", "{tmp}/yaml.yml"], "is not valid YAML (line 2)"),
+    (
+        "preset with a non-integer n_envs",
+        ["agents.train", "--preset", "{tmp}/n_envs.yml"],
+        "n_envs must be an integer, got 'four'",
+    ),  # fmt: skip
+]
+
+
+@pytest.mark.parametrize("name, args, message", AGENT_CASES, ids=[c[0] for c in AGENT_CASES])
+def test_agent_command_bad_input_is_a_usage_error(tmp_path, name, args, message):
+    write_agent_files(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    command = [sys.executable, "-m", *(a.replace("{tmp}", str(tmp_path)) for a in args)]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and message in result.stderr, result.stderr
+    assert sorted(tmp_path.rglob("*")) == before  # no run folder, nothing written

@@ -15,7 +15,7 @@ from ebmm_rl.binary import corrupt, sample_patterns
 from ebmm_rl.binary_training import binary_read_metrics
 from ebmm_rl.checkpoint import load_checkpoint, load_memory, save_memory
 from ebmm_rl.energy import GatedRNNConfig, GatedRNNEnergy
-from ebmm_rl.memory import EBMMConfig, EBMMemory, MetaOutput, ReadResult
+from ebmm_rl.memory import EBMMConfig, EBMMemory, MemoryState, MetaOutput, NonFiniteState, ReadResult
 from ebmm_rl.training import MetaTrainer, TrainConfig, TrainingDiverged
 
 
@@ -421,3 +421,34 @@ def test_skipped_fraction_outside_0_1_is_refused():
     for value in (-0.1, 1.5, math.nan):
         with pytest.raises(ValueError, match="max_skipped_fraction"):
             config(max_skipped_fraction=value)
+
+
+@pytest.mark.parametrize("chunk_size", [0, 2], ids=["one write", "chunked"])
+def test_a_diverged_write_inside_forward_is_a_nan_loss_and_refused_outside(chunk_size):
+    memory = tiny_memory()
+    memory = EBMMemory(memory.energy, dataclasses_replace(memory.config, chunk_size=chunk_size))
+    with torch.no_grad():
+        dict(memory.energy.named_parameters())["memory.weight"].fill_(math.inf)  # θ̄: every write starts from inf
+    patterns, queries, known = sampler(torch.Generator().manual_seed(0))
+    out = memory(patterns, queries, known)  # the states between its writes and its read are its own
+    assert not math.isfinite(out.loss.item())
+    with pytest.raises(NonFiniteState, match="memory.weight"):
+        memory.read(queries, out.state, known)  # a state handed in from outside is checked
+
+
+def test_a_forward_whose_read_refuses_its_state_is_a_skipped_step():
+    calls = {"n": 0}
+
+    def forward(memory, batch):
+        patterns, queries, known = batch
+        calls["n"] += 1
+        state = memory.write(patterns)
+        if calls["n"] == 2:  # this write "diverged"
+            state = MemoryState({n: w * math.nan for n, w in state.fast_weights.items()}, state.num_written)
+        result = memory.read(queries, state, known)
+        loss, errors = memory.meta_loss(patterns, result)
+        return MetaOutput(loss, errors, result, state)
+
+    trainer = MetaTrainer(tiny_memory(), sampler, config(steps=4), forward=forward)
+    trainer.train()
+    assert (trainer.skipped_total, trainer.step) == (1, 4)

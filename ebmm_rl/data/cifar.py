@@ -24,6 +24,7 @@ from ebmm_rl.data.core import (
     ImageDataset,
     canonical_split,
     check_not_empty,
+    integer_labels,
     missing_files,
     resolve_root,
     to_dataset,
@@ -93,7 +94,7 @@ def _cifar_arrays(batch: Any, path: Path) -> tuple[np.ndarray, np.ndarray]:
     data, labels = batch.get("data"), batch.get("labels")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise ValueError(f"{path}: 'data' must be a uint8 array [N, 3072]; {LAYOUTS['cifar10']}")
-    labels = np.asarray(labels if labels is not None else [], dtype=np.int64)
+    labels = integer_labels(labels, path, "integers 0..9")
     if labels.shape != (data.shape[0],) or (labels.size and (labels.min() < 0 or labels.max() > 9)):
         raise ValueError(f"{path}: 'labels' must hold {data.shape[0]} values in 0..9")
     return data, labels

@@ -136,6 +136,26 @@ def missing_files(dataset: str, expected: Path | str, root: Path) -> FileNotFoun
     )
 
 
+def check_image_size(image_size: object) -> int:
+    """``image_size``, or ValueError unless it is an integer >= 1 (the side of the resized square images)."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be an integer >= 1 (the side of the square images), got {image_size!r}")
+    return image_size
+
+
+def integer_labels(values: object, path: Path, expected: str) -> np.ndarray:
+    """``values`` as an int64 array, or ValueError naming ``path`` when they are not numbers (text, objects, ...)."""
+    try:
+        array = np.asarray(values if values is not None else [])
+    except ValueError as err:  # ragged nesting
+        raise ValueError(f"{path}: 'labels' must be a flat list of {expected} ({err})") from None
+    if array.size and array.dtype.kind not in "iuf":
+        first = array.reshape(-1)[0]
+        first = first.item() if isinstance(first, np.generic) else first
+        raise ValueError(f"{path}: 'labels' must be {expected}, got {array.dtype} values such as {first!r}")
+    return array.astype(np.int64)
+
+
 def check_not_empty(path: Path, dataset: str) -> Path:
     """``path``, or ValueError naming it when the file is empty (an interrupted download or copy leaves 0 bytes)."""
     if path.stat().st_size == 0:

@@ -15,6 +15,7 @@ from ebmm_rl.data.core import (
     ImageDataset,
     canonical_split,
     check_not_empty,
+    integer_labels,
     missing_files,
     resolve_root,
     to_dataset,
@@ -77,12 +78,25 @@ def _imagenet_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """``images [N, 3, S, S]`` uint8 and 0-based ``labels [N]`` of one npz file, checked."""
     check_not_empty(path, "imagenet64")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            if "data" not in npz.files or "labels" not in npz.files:
-                raise ValueError(f"{path} has keys {npz.files}; expected 'data' and 'labels' ({LAYOUTS['imagenet64']})")
-            data, labels = npz["data"], np.asarray(npz["labels"], dtype=np.int64).reshape(-1)
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path} holds a single array, not an npz archive ({LAYOUTS['imagenet64']})")
+        with loaded as npz:
+            files = list(npz.files)
+            arrays = {key: npz[key] for key in ("data", "labels") if key in files}
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise ValueError(f"{path} is not a readable npz file, or a truncated one ({err}); re-download it") from err
+    except ValueError as err:
+        if "pickle" not in str(err) and "Object arrays" not in str(err):
+            raise
+        raise ValueError(
+            f"{path} holds pickled Python objects, not the plain uint8 'data' and integer 'labels' arrays of "
+            f"ImageNet 64x64; they are not loaded, since unpickling a file can run code: re-download it "
+            f"({LAYOUTS['imagenet64']})"
+        ) from None
+    if set(arrays) != {"data", "labels"}:
+        raise ValueError(f"{path} has keys {files}; expected 'data' and 'labels' ({LAYOUTS['imagenet64']})")
+    data, labels = arrays["data"], integer_labels(arrays["labels"], path, "integers 1..1000").reshape(-1)
     side = int(round((data.shape[1] // 3) ** 0.5)) if data.ndim == 2 else 0
     if data.dtype != np.uint8 or data.ndim != 2 or side == 0 or 3 * side * side != data.shape[1]:
         raise ValueError(f"{path}: 'data' must be uint8 [N, 3*S*S] (S = 64), got {data.dtype} {data.shape}")

@@ -20,6 +20,7 @@ from ebmm_rl.data.core import (
     LAYOUTS,
     ImageDataset,
     canonical_split,
+    check_image_size,
     check_not_empty,
     missing_files,
     resolve_root,
@@ -53,6 +54,7 @@ def load_mnist(
         The data set, strokes bright (1), labels 0..9.
     """
     split = canonical_split(split, "mnist")
+    image_size = check_image_size(image_size)
     base = resolve_root(root, "mnist")
     prefix = _MNIST_PREFIX[split]
     images = _read_idx(_find_idx(base, prefix, "images", 3), ndim=3)

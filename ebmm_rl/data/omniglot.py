@@ -24,6 +24,7 @@ from ebmm_rl.data.core import (
     cache_read,
     cache_write,
     canonical_split,
+    check_image_size,
     check_not_empty,
     file_fingerprint,
     folder_fingerprint,
@@ -64,6 +65,7 @@ def load_omniglot(
         The data set; labels are character indices, ``class_names`` the ``"<Alphabet>/characterNN"`` names.
     """
     split = canonical_split(split, "omniglot")
+    image_size = check_image_size(image_size)
     base = resolve_root(root, "omniglot")
     stem = _OMNIGLOT_FILES[split]
     zip_path, folder = base / f"{stem}.zip", base / stem
