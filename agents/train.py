@@ -28,7 +28,9 @@ baseline memories ``memnet``, ``mann``, ``plasticity``, ``modern-hopfield``, ``l
 
 TensorBoard: ``tensorboard --logdir runs``; a run is ``runs/{env}__{memory}__{seed}__{time}`` and holds the final
 ``model.zip``, ``best_model.zip`` (best evaluation), ``evaluations.npz``, ``args.json`` (the run's :class:`Args` and
-algorithm, read by ``python -m agents.evaluate`` and ``--resume``) and, with ``--checkpoint-freq``, ``checkpoint.zip``.
+algorithm, and the architecture of a ``--memory-checkpoint`` memory, read by ``python -m agents.evaluate`` and
+``--resume``) and, with ``--checkpoint-freq``, ``checkpoint.zip``. Both load the zips without running code from them
+(:mod:`agents.safe_load`).
 
 Presets (rl-zoo3 style, ``agents/presets/<Family>.yml``, one entry per agent): the settings of a table of
 ``docs/rl_results.md`` as defaults, which explicit flags override; ``--resume`` continues a run from its last
