@@ -264,7 +264,7 @@ class Args:
     resume: str | None = None
     """continue this run folder from its ``checkpoint.zip`` (its num_timesteps) to --total-timesteps, with the run's
     own settings (``args.json``); only the budget, evaluation, checkpoint, progress-bar, thread and device flags may
-    change"""
+    change. The checkpoint loads without running code from it; a run already at --total-timesteps has nothing to do"""
     run_root: str = "runs"
     """folder of TensorBoard run folders"""
     progress_bar: bool = True
@@ -901,7 +901,7 @@ def validate(args: Args) -> None:
             raise UsageError(f"--bptt-steps applies to --memory ebmm-recurrent, not {args.memory}; drop it")
         if args.bptt_steps < 1:
             raise UsageError(f"--bptt-steps must be at least 1, got {args.bptt_steps}")
-    if args.memory_checkpoint is not None and not Path(args.memory_checkpoint).is_file():
+    if args.memory_checkpoint is not None and args.resume is None and not Path(args.memory_checkpoint).is_file():
         raise UsageError(
             f"--memory-checkpoint {args.memory_checkpoint}: no such file (a meta-training checkpoint: "
             "scripts/meta_train_env.py --env <id> --run-root <folder> makes one)"
@@ -1026,9 +1026,10 @@ def main(args: Args) -> BaseAlgorithm | None:
     validate(args)  # fail before creating the run folder
     torch.set_num_threads(args.threads)
     run_dir = Path(args.resume) if args.resume else Path(args.run_root) / run_name(args)
-    checkpoint = memory_checkpoint_record(args.memory_checkpoint) if args.memory_checkpoint else None
     if args.resume:
         algo, _, checkpoint = read_run(run_dir)
+        if checkpoint is None and args.memory_checkpoint and Path(args.memory_checkpoint).is_file():
+            checkpoint = memory_checkpoint_record(args.memory_checkpoint)  # a run from before args.json kept it
         steps = read_zip(run_dir / CHECKPOINT).data.get("num_timesteps")
         if isinstance(steps, int) and steps >= args.total_timesteps:
             print(f"{run_dir} is already at step {steps} (--total-timesteps {args.total_timesteps}): nothing to do. "
@@ -1046,6 +1047,7 @@ def main(args: Args) -> BaseAlgorithm | None:
             raise UsageError(f"--resume {run_dir}: {error}") from None
         print(f"resuming {run_dir} from step {model.num_timesteps}")
     else:
+        checkpoint = memory_checkpoint_record(args.memory_checkpoint) if args.memory_checkpoint else None
         model = build_model(args, env)
     write_sidecar(run_dir, args, checkpoint)
     model.set_logger(configure(str(run_dir), ["stdout", "tensorboard"]))

@@ -210,7 +210,7 @@ def fresh_memory(path: Path) -> None:
 def test_a_memory_checkpoint_run_loads_without_the_checkpoint(tmp_path):
     fresh_memory(tmp_path / "memory.pt")
     train.cli([*TINY, "--memory", "ebmm", "--total-timesteps", "16", "--memory-checkpoint", str(tmp_path / "memory.pt"),
-               "--run-root", str(tmp_path / "runs")])  # fmt: skip
+               "--checkpoint-freq", "16", "--run-root", str(tmp_path / "runs")])  # fmt: skip
     (run_dir,) = (tmp_path / "runs").iterdir()
     record = json.loads((run_dir / "args.json").read_text())["memory_checkpoint"]
     assert record["memory_spec"]["energy"] == "MLPEnergy" and record["memory_spec"]["energy_config"]["hidden_size"] == 8
@@ -218,6 +218,8 @@ def test_a_memory_checkpoint_run_loads_without_the_checkpoint(tmp_path):
     (tmp_path / "memory.pt").unlink()
     model, _ = evaluate_module.load_model(run_dir / "model.zip")
     assert same_weights(model, reference)
+    assert train.cli(["--resume", str(run_dir), "--total-timesteps", "32"]).num_timesteps == 32
+    assert json.loads((run_dir / "args.json").read_text())["memory_checkpoint"] == record  # kept for the next load
 
     sidecar = json.loads((run_dir / "args.json").read_text())
     del sidecar["memory_checkpoint"]  # a run folder written before args.json described the memory
