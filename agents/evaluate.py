@@ -43,6 +43,8 @@ from agents.safe_load import AgentZipError, WeightsMismatch, read_zip
 from agents.train import (
     SIDECAR,
     UsageError,
+    agent_env,
+    agent_spaces,
     algorithm_class,
     check_env_id,
     env_id,
@@ -153,14 +155,15 @@ def load_model(
     try:
         if trust_pickled:
             model = algorithm_class(algo).load(path, device=device)
-            if probe.observation_space != model.observation_space:
+            observation_space = agent_spaces(probe, train_args)[0]
+            if observation_space != model.observation_space:
                 raise UsageError(
-                    f"{where} gives {probe.observation_space}, but the model takes {model.observation_space}: "
+                    f"{where} gives {observation_space}, but the model takes {model.observation_space}: "
                     f"evaluate on an env of the same shape"
                 )
             return model, train_args
         train_args = dataclasses.replace(train_args, device=device)
-        spaces = (probe.observation_space, probe.action_space)
+        spaces = agent_spaces(probe, train_args)
         model = load_run_agent(path, algo, train_args, *spaces, checkpoint, contents=contents)
     except WeightsMismatch as error:
         raise UsageError(f"{error}: {where} does not fit this model; evaluate on an env of the same shape") from None
@@ -206,7 +209,7 @@ def make_eval_env(
     env = wrap_env(env, train_args.memory, wrap_options(train_args))
     vec = DummyVecEnv([lambda: env])
     vec.seed(seed)
-    return vec
+    return agent_env(vec, train_args)
 
 
 def evaluate(args: Args) -> dict[str, Any]:

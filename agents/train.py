@@ -81,7 +81,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 import envs  # noqa: F401  (registers the ids in this process)
 from agents.safe_load import AgentZipError, KnownAgent, ZipContents, load_agent, read_zip
-from ebmm_rl.checkpoint import build_memory, load_checkpoint, load_memory, memory_spec
+from ebmm_rl.checkpoint import build_memory, load_memory, memory_spec
 from ebmm_rl.protocol import MEMORIES as MEMORY_REGISTRY
 from ebmm_rl.rl import (
     EBMMExtractor,
@@ -89,9 +89,12 @@ from ebmm_rl.rl import (
     EpisodeMemoryWrapper,
     MemoryExtractor,
     MultiBinaryToMultiDiscrete,
+    PreviousActionReward,
     RowObservation,
 )
 from ebmm_rl.rl.callbacks import MemoryLoggerCallback
+from ebmm_rl.rl.core import MemoryCore
+from ebmm_rl.rl.wrappers import OneHotCodes, action_reward_space
 
 
 @dataclass(frozen=True)
@@ -175,26 +178,35 @@ class Args:
     seed: int = 0
     """seed of the agent and the environments"""
     memory_checkpoint: str | None = None
-    """start the memory (EBMM or a baseline of the same kind) from this meta-training checkpoint (it must take flat
-    patterns of size D)"""
+    """start the memory from this checkpoint: an EBMM core pre-trained by scripts/meta_train_env.py (ebmm,
+    ebmm-recurrent), or a baseline meta-trained by scripts/meta_train_baseline.py"""
     memory_budget: int | None = None
     """float32 values per episode of a baseline memory (memnet, mann, ...; default: MemoryExtractor's default for
     the env's history, ``ebmm_rl.rl.memory_extractor.DEFAULT_RL_BUDGETS``)"""
     freeze_memory: bool = False
     """keep the memory's meta-parameters fixed (no gradient from the RL loss)"""
-    chunk_size: int = 1
-    """EBMM patterns written per chunk (1: online writing, one pattern per env step; ebmm-recurrent needs 1)"""
+    embed_size: int = 64
+    """EBMM core: entries of the learned embedding of a step's row"""
+    key_size: int = 16
+    """EBMM core: entries of the learned part of a key"""
+    value_size: int = 16
+    """EBMM core: entries of a value"""
+    heads: tuple[str, ...] = ("time", "content")
+    """EBMM core: query heads, each time (clamps the position), content (clamps the learned key) or key (both)"""
+    write_gate: bool = False
+    """EBMM core: learn a gate that scales each step's write"""
     hidden_size: int = 64
-    """hidden size of a fresh EBMM MLPEnergy"""
+    """EBMM core: hidden size of its MLPEnergy"""
     dynamic_size: int = 32
-    """memory units of a fresh EBMM MLPEnergy (writable floats: (D + 1) * dynamic_size)"""
+    """EBMM core: memory units of its MLPEnergy (writable floats: (P + 1) * dynamic_size, P = position + key +
+    value)"""
     write_steps: int = 3
-    """write steps T of a fresh EBMM memory"""
+    """EBMM core: write steps T"""
     read_steps: int = 3
-    """read steps K of a fresh EBMM memory"""
+    """EBMM core: read steps K"""
     grad_norm_term: bool = False
-    """include the paper's alpha * |grad_x E|^2 term in a fresh EBMM memory's writing loss (about 13x the cost of an
-    RL update without it; docs/rl.md)"""
+    """EBMM core: include the paper's alpha * |grad_x E|^2 term in the writing loss (third-order graphs in every RL
+    update)"""
     write_queries: bool | None = None
     """also store query patterns in the EBMM memory (default: only for Familiarity, whose stream repeats itself)"""
     protocol: Literal["auto", "generic", "probe"] = "auto"
@@ -204,16 +216,13 @@ class Args:
     """rows of the memory agents' history window (FIFO; default: the probe's schedule, or 32 for other envs)"""
     include_action_reward: bool = False
     """every agent sees the previous action and reward beside the observation"""
-    encoder: Literal["auto", "identity", "linear", "cnn"] = "auto"
-    """EBMM row encoder (auto: identity for small rows, linear+tanh above 64 entries, a small CNN for images)"""
-    pattern_size: int = 32
-    """pattern size of a learned EBMM encoder"""
+    encoder: Literal["auto", "linear", "cnn"] = "auto"
+    """EBMM core's embedding of a row (auto: a small CNN for rows that hold an image, else linear + tanh)"""
     aux_coef: float = 0.0
-    """weight of EBMM's auxiliary reconstruction loss during RL updates (0: none)"""
-    bptt_steps: int | None = None
-    """ebmm-recurrent on raw observations: backpropagate each read through its last k writes only, from the state
-    the rollout stored (trained by ``EBMMRecurrentPPO``: k batched writes per update instead of a sequential chain);
-    unset: through the whole sequence (``RecurrentPPO``)"""
+    """weight of the EBMM core's auxiliary loss (the paper's objective on the agent's rows) in RL updates (0: none)"""
+    bptt_steps: int | None = 8
+    """ebmm-recurrent: backpropagate each read through its last k writes, from the state the rollout stored
+    (EBMMRecurrentPPO); None: through the whole minibatch sequence"""
     similarities: bool | None = None
     """add the retrieved pattern's similarity to each stored one to the features (default: only for ImageRecall,
     whose answer is a position)"""
@@ -281,7 +290,7 @@ def _base(env: gym.Env, options: WrapOptions, rows: bool = False) -> gym.Env:
     if isinstance(space, spaces.Dict) and "mission" in space.spaces and "image" in space.spaces:
         from minigrid.wrappers import ImgObsWrapper
 
-        env = ImgObsWrapper(env)
+        env = OneHotCodes(ImgObsWrapper(env), MINIGRID_CODES)  # symbolic codes, not pixels: one-hot for every agent
     if rows and options.include_action_reward:
         env = RowObservation(env, include_action_reward=True)
     return env
@@ -304,10 +313,7 @@ def _wrap_ebmm(env: gym.Env, options: WrapOptions) -> gym.Env:
 
 
 def _wrap_ebmm_recurrent(env: gym.Env, options: WrapOptions) -> gym.Env:
-    env = _base(env, options)
-    if _is_probe(env) and options.protocol != "generic":
-        return _wrap_ebmm(env, options)  # the probes' phase decides what is stored
-    return RowObservation(env, include_action_reward=True) if options.include_action_reward else env
+    return _base(env, options)  # EBMMRecurrentPPO adds the previous action and reward itself
 
 
 def _is_probe(env: gym.Env) -> bool:
@@ -325,6 +331,10 @@ def _wrap_lstm(env: gym.Env, options: WrapOptions) -> gym.Env:
     if isinstance(env.action_space, spaces.MultiBinary):
         return MultiBinaryToMultiDiscrete(env)  # RecurrentPPO crashes on MultiBinary (docs/envs.md)
     return env
+
+
+MINIGRID_CODES = 11
+"""MiniGrid's symbolic observation holds object (0-10), colour (0-5) and state (0-2) indices."""
 
 
 TASK_FEATURES: dict[str, tuple[str, ...]] = {
@@ -354,70 +364,51 @@ def _feature_kwargs(args: Args, energies: bool) -> dict[str, Any]:
 
 
 def memory_checkpoint_record(path: str | Path) -> dict[str, Any]:
-    """The architecture of the ``--memory-checkpoint`` at ``path`` in plain values, for ``args.json``.
+    """The architecture of the ``--memory-checkpoint`` at ``path`` in plain values (``memory_spec``), for ``args.json``.
 
-    ``memory_spec`` and, when an ``encoder.pt`` (scripts/meta_train_env.py) lies beside it, the encoder's ``encoder``
-    kind and ``pattern_size``: what rebuilds the policy of an agent zip without the file (the zip holds the weights).
+    What rebuilds the policy of an agent zip without the file (the zip holds the weights).
     """
-    record: dict[str, Any] = dict(memory_spec=memory_spec(load_memory(path)))
-    encoder_file = Path(path).parent / "encoder.pt"
-    if encoder_file.is_file():
-        encoder = load_checkpoint(encoder_file)
-        record.update(encoder=str(encoder["kind"]), pattern_size=int(encoder["pattern_size"]))
-    return record
+    return dict(memory_spec=memory_spec(load_memory(path)))
 
 
-def _checkpoint_memory(args: Args, saved: SavedCheckpoint | None) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The ``--memory-checkpoint`` memory and the extractor's encoder settings.
+def _checkpoint_memory(args: Args, saved: SavedCheckpoint | None) -> torch.nn.Module:
+    """The ``--memory-checkpoint`` memory.
 
-    Read from the files when ``saved`` is ``None`` (training); else rebuilt untrained from ``saved.record``, for an
-    agent zip whose weights then replace them.
+    Read from the file when ``saved`` is ``None`` (training), else rebuilt untrained from ``saved.record``, for an
+    agent zip whose weights then replace it.
     """
     if saved is None:
-        memory = load_memory(args.memory_checkpoint)  # an object: it travels inside model.zip
-        encoder_file = Path(args.memory_checkpoint).parent / "encoder.pt"  # saved by scripts/meta_train_env.py
-        if not encoder_file.is_file():
-            return memory, {}
-        record = load_checkpoint(encoder_file)
-        encoder = dict(encoder=record["kind"], pattern_size=int(record["pattern_size"]), encoder_state=record["state"])
-        return memory, encoder
-    record = saved.record
-    memory = build_memory(record["memory_spec"], max_parameters=saved.max_parameters)
-    return memory, {k: record[k] for k in ("encoder", "pattern_size") if k in record}
+        return load_memory(args.memory_checkpoint)  # an object: it travels inside model.zip
+    return build_memory(saved.record["memory_spec"], max_parameters=saved.max_parameters)
 
 
-def _ebmm_extractor_kwargs(args: Args, saved: SavedCheckpoint | None = None) -> dict[str, Any]:
-    kwargs: dict[str, Any] = dict(
-        chunk_size=args.chunk_size,
-        freeze_memory=args.freeze_memory,
-        encoder=args.encoder,
-        pattern_size=args.pattern_size,
-        aux_coef=args.aux_coef,
-        **_feature_kwargs(args, energies=True),
-    )
+def _core_kwargs(args: Args, saved: SavedCheckpoint | None = None) -> dict[str, Any]:
+    """The EBMM core of ``args``: ``memory=`` (a :class:`CoreConfig`'s fields) or ``core=`` (a pre-trained core)."""
     if args.memory_checkpoint:
-        kwargs["memory"], encoder = _checkpoint_memory(args, saved)
-        kwargs.update(encoder)
-    else:
-        kwargs["energy"] = dict(hidden_size=args.hidden_size, dynamic_size=args.dynamic_size)
-        kwargs["ebmm"] = dict(
-            write_steps=args.write_steps, read_steps=args.read_steps, use_grad_norm_term=args.grad_norm_term
-        )
-    return kwargs
+        core = _checkpoint_memory(args, saved)
+        if not isinstance(core, MemoryCore):
+            raise UsageError(
+                f"--memory-checkpoint {args.memory_checkpoint} holds a {type(core).__name__}, not an agent's "
+                "MemoryCore (a memory of whole observation rows, from before key/value rows, does not fit); "
+                "pre-train a core with scripts/meta_train_env.py"
+            )
+        return dict(core=core)
+    ebmm = dict(write_steps=args.write_steps, read_steps=args.read_steps, use_grad_norm_term=args.grad_norm_term)
+    fields = ("embed_size", "key_size", "value_size", "heads", "write_gate", "encoder", "hidden_size", "dynamic_size")
+    return dict(memory=dict(ebmm=ebmm, **{name: getattr(args, name) for name in fields}))
 
 
 def _ebmm_policy(args: Args, space: spaces.Space, saved: SavedCheckpoint | None) -> tuple[str | type, dict[str, Any]]:
-    return EBMMPolicy, dict(features_extractor_kwargs=_ebmm_extractor_kwargs(args, saved))
+    kwargs = dict(freeze_memory=args.freeze_memory, aux_coef=args.aux_coef, **_core_kwargs(args, saved))
+    return EBMMPolicy, dict(features_extractor_kwargs=kwargs)
 
 
 def _ebmm_recurrent_policy(
     args: Args, space: spaces.Space, saved: SavedCheckpoint | None
 ) -> tuple[str | type, dict[str, Any]]:
-    from ebmm_rl.rl.recurrent import EBMMRecurrentPolicy  # needs sb3-contrib
+    from ebmm_rl.rl.recurrent import EBMMRecurrentPolicy
 
-    kwargs: dict[str, Any] = dict(features_extractor_kwargs=_ebmm_extractor_kwargs(args, saved))
-    if args.bptt_steps is not None:
-        kwargs["bptt_steps"] = args.bptt_steps
+    kwargs = dict(bptt_steps=args.bptt_steps, aux_coef=args.aux_coef, **_core_kwargs(args, saved))
     return EBMMRecurrentPolicy, kwargs
 
 
@@ -429,7 +420,7 @@ def _baseline_policy(
     if args.memory_checkpoint:
         if args.memory_budget is not None:
             raise ValueError("--memory-budget sizes a fresh memory; it cannot be combined with --memory-checkpoint")
-        memory, _ = _checkpoint_memory(args, saved)
+        memory = _checkpoint_memory(args, saved)
         expected = MEMORY_REGISTRY[name].cls
         if not isinstance(memory, expected):
             raise ValueError(
@@ -535,6 +526,10 @@ def env_id(name: str) -> str:
         return name
     if name.startswith("ebmm/"):
         return f"envs:{name}"
+    if name.startswith("bsuite/memory_"):
+        if importlib.util.find_spec("bsuite") is None or importlib.util.find_spec("shimmy") is None:
+            raise ValueError(f"{name} needs bsuite and shimmy: pip install -e '.[bsuite]'")
+        return f"agents.bsuite_envs:{name}"
     if name.startswith("MiniGrid-"):
         if importlib.util.find_spec("minigrid") is None:
             raise ValueError(f"{name} needs the minigrid package: pip install -e '.[minigrid]'")
@@ -547,7 +542,7 @@ def make_env(args: Args, n_envs: int | None = None, seed: int | None = None) -> 
     memory_kind(args.memory)
     n_envs = args.n_envs if n_envs is None else n_envs
     subproc = n_envs > 1 and args.vec_env != "dummy"
-    return make_vec_env(
+    venv = make_vec_env(
         env_id(args.env),  # the prefix imports the registering module in fresh worker processes
         n_envs=n_envs,
         seed=args.seed if seed is None else seed,
@@ -555,6 +550,23 @@ def make_env(args: Args, n_envs: int | None = None, seed: int | None = None) -> 
         wrapper_kwargs=dict(memory=args.memory, options=wrap_options(args)),
         vec_env_cls=SubprocVecEnv if subproc else DummyVecEnv,
     )
+    return agent_env(venv, args)
+
+
+def agent_env(venv: VecEnv, args: Args) -> VecEnv:
+    """``venv`` as the agent of ``args`` sees it.
+
+    ``EBMMRecurrentPPO`` feeds the previous action and reward back (:class:`~ebmm_rl.rl.PreviousActionReward`), so its
+    training and evaluation envs give them too.
+    """
+    return PreviousActionReward(venv) if algorithm_name(args) == "EBMMRecurrentPPO" else venv
+
+
+def agent_spaces(env: gym.Env, args: Args) -> tuple[spaces.Space, spaces.Space]:
+    """The observation and action spaces the agent of ``args`` sees on ``env`` (wrapped by :func:`wrap_env`)."""
+    if algorithm_name(args) == "EBMMRecurrentPPO":
+        return action_reward_space(env.observation_space, env.action_space), env.action_space
+    return env.observation_space, env.action_space
 
 
 def policy_of(
@@ -600,7 +612,7 @@ def build_model(args: Args, env: VecEnv) -> BaseAlgorithm:
 def algorithm_name(args: Args) -> str:
     """``RecurrentPPO``, ``EBMMRecurrentPPO``, ``A2C`` or ``PPO``: the class :func:`build_model` trains for ``args``."""
     if memory_kind(args.memory).recurrent:
-        return "EBMMRecurrentPPO" if args.bptt_steps is not None else "RecurrentPPO"
+        return "EBMMRecurrentPPO" if args.memory == "ebmm-recurrent" else "RecurrentPPO"
     return {"ppo": "PPO", "a2c": "A2C"}[args.algo]
 
 
@@ -890,17 +902,20 @@ def validate(args: Args) -> None:
             raise UsageError(
                 f"--device {args.device}: this torch build or machine has no CUDA device; use --device cpu"
             )
-    for name in ("max_patterns", "pattern_size"):
+    for name in ("max_patterns", "embed_size", "key_size", "value_size", "hidden_size", "dynamic_size",
+                 "write_steps", "read_steps"):  # fmt: skip
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.dynamic_size > args.hidden_size:
+        raise UsageError(f"--dynamic-size ({args.dynamic_size}) must not exceed --hidden-size ({args.hidden_size})")
+    bad_heads = [h for h in args.heads if h not in ("time", "content", "key")]
+    if not args.heads or bad_heads:
+        raise UsageError(f"--heads takes one or more of time, content, key; got {list(args.heads)}")
     if not args.aux_coef >= 0:
         raise UsageError(f"--aux-coef must be a number >= 0, got {args.aux_coef}")
-    if args.bptt_steps is not None:
-        if args.memory != "ebmm-recurrent":
-            raise UsageError(f"--bptt-steps applies to --memory ebmm-recurrent, not {args.memory}; drop it")
-        if args.bptt_steps < 1:
-            raise UsageError(f"--bptt-steps must be at least 1, got {args.bptt_steps}")
+    if args.bptt_steps is not None and args.bptt_steps < 1:
+        raise UsageError(f"--bptt-steps must be at least 1 (or None: the whole sequence), got {args.bptt_steps}")
     if args.memory_checkpoint is not None and args.resume is None and not Path(args.memory_checkpoint).is_file():
         raise UsageError(
             f"--memory-checkpoint {args.memory_checkpoint}: no such file (a meta-training checkpoint: "
@@ -1071,7 +1086,7 @@ def main(args: Args) -> BaseAlgorithm | None:
         callbacks.append(evaluation)
     if args.checkpoint_freq > 0:
         callbacks.append(CheckpointCallback(run_dir / CHECKPOINT, args.checkpoint_freq))
-    if isinstance(getattr(model.policy, "features_extractor", None), EBMMExtractor):
+    if args.memory in ("ebmm", "ebmm-recurrent"):
         callbacks.append(MemoryLoggerCallback())  # memory/... curves in TensorBoard
     progress = args.progress_bar and all(importlib.util.find_spec(m) is not None for m in ("rich", "tqdm"))
     if args.progress_bar and not progress:
@@ -1112,9 +1127,12 @@ def _log_hyperparameters(model: BaseAlgorithm, args: Args) -> None:
             fmt.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{rows}")
             fmt.writer.flush()
     extractor = getattr(model.policy, "features_extractor", None)
-    if isinstance(extractor, EBMMExtractor | MemoryExtractor):
-        print(f"{type(extractor.memory).__name__} memory: {extractor.memory.memory_size} writable floats per episode, "
-              f"{sum(p.numel() for p in extractor.memory.parameters())} meta-parameters")  # fmt: skip
+    memory = extractor.memory if isinstance(extractor, MemoryExtractor) else None
+    if isinstance(extractor, EBMMExtractor) or hasattr(model.policy, "core"):
+        memory = model.policy.core.memory if hasattr(model.policy, "core") else extractor.core.memory
+    if memory is not None:
+        print(f"{type(memory).__name__} memory: {memory.memory_size} writable floats per episode, "
+              f"{sum(p.numel() for p in memory.parameters())} meta-parameters")  # fmt: skip
     print(f"policy parameters: {sum(int(np.prod(p.shape)) for p in model.policy.parameters())}")
 
 

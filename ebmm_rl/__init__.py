@@ -32,27 +32,34 @@ from ebmm_rl.memory import EBMMConfig, EBMMemory, MemoryState, MetaOutput, ReadR
 
 if TYPE_CHECKING:
     from ebmm_rl.rl import (
+        CoreConfig,
         EBMMExtractor,
         EBMMPolicy,
         EBMMRecurrentPolicy,
         EBMMRecurrentPPO,
         EpisodeMemoryWrapper,
+        MemoryCore,
         MemoryExtractor,
         MultiBinaryToMultiDiscrete,
+        PreviousActionReward,
         RowObservation,
     )
 
 _LAZY = (
+    "CoreConfig",
     "EBMMExtractor",
     "EBMMPolicy",
     "EBMMRecurrentPolicy",
     "EBMMRecurrentPPO",
     "EpisodeMemoryWrapper",
+    "MemoryCore",
     "MemoryExtractor",
     "MultiBinaryToMultiDiscrete",
+    "PreviousActionReward",
     "RowObservation",
 )
 __all__ = [
+    "CoreConfig",
     "EBMMConfig",
     "EBMMemory",
     "EBMMExtractor",
@@ -60,7 +67,9 @@ __all__ = [
     "EBMMRecurrentPolicy",
     "EBMMRecurrentPPO",
     "EpisodeMemoryWrapper",
+    "MemoryCore",
     "MemoryExtractor",
+    "PreviousActionReward",
     "RowObservation",
     "MemoryState",
     "MetaOutput",

@@ -6,7 +6,8 @@ loading a checkpoint never executes code from it.
 
 A memory spec names the architecture with plain values: ``{"energy", "energy_config", "ebmm_config"}`` for an
 EBMM (its energy network registered in :data:`ENERGIES`), ``{"model", "model_config"}`` for any other module
-registered in :data:`MODELS` by class name with a dataclass config.
+registered in :data:`MODELS` by class name with a dataclass config, ``{"core"}`` for an agent's
+:class:`~ebmm_rl.rl.core.MemoryCore`.
 """
 
 from __future__ import annotations
@@ -118,6 +119,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def memory_spec(memory: nn.Module) -> dict[str, Any]:
     """Everything needed to rebuild ``memory``'s architecture: plain values only."""
+    if type(memory).__name__ == "MemoryCore":  # an agent's key/value core (ebmm_rl.rl.core)
+        return {"core": memory.spec()}
     if isinstance(memory, EBMMemory):
         name = type(memory.energy).__name__
         if name not in ENERGIES:
@@ -165,6 +168,10 @@ def build_memory(spec: dict[str, Any], max_parameters: int = MAX_PARAMETERS) -> 
 
 def _build(spec: dict[str, Any]) -> nn.Module:
     """Build the memory of ``spec``; checkpoints written before ``prior_anchor`` existed were trained with "initial"."""
+    if "core" in spec:
+        from ebmm_rl.rl.core import MemoryCore  # needs gymnasium; only a core checkpoint asks for it
+
+        return MemoryCore.from_spec(spec["core"])
     if "model" in spec:
         try:
             model_class, config_class = MODELS[spec["model"]]

@@ -270,18 +270,26 @@ class EnergyNet(nn.Module):
     """Whether :class:`~ebmm_rl.memory.EBMMemory` uses :meth:`closed_form_grads` (the fast path)."""
 
     def memory_layers(self) -> dict[str, MemoryLayer]:
-        """The writable layers by qualified name (also records each layer's ``fast_name``)."""
-        layers = {name: m for name, m in self.named_modules() if isinstance(m, MemoryLayer)}
-        for name, layer in layers.items():
-            layer.fast_name = name
-        return layers
+        """The writable layers by qualified name (also records each layer's ``fast_name``).
+
+        The list is found once, on the first call (writes and reads ask for it at every step): a subclass builds
+        its layers in ``__init__`` and does not swap them afterwards.
+        """
+        found = self.__dict__.get("_memory_layer_list")
+        if found is None:
+            found = [(name, m) for name, m in self.named_modules() if isinstance(m, MemoryLayer)]
+            for name, layer in found:
+                layer.fast_name = name
+            self.__dict__["_memory_layer_list"] = found
+        return dict(found)
 
     def memory_parameters(self) -> dict[str, nn.Parameter]:
         """``θ̄``: the initial fast weights, by qualified name (``"memory.weight"``, ``"memory.bias"``)."""
         params = {}
         for name, layer in self.memory_layers().items():
-            for pname, p in layer.named_parameters(recurse=False):
-                params[f"{name}.{pname}"] = p
+            for pname, p in layer._parameters.items():
+                if p is not None:
+                    params[f"{name}.{pname}"] = p
         return params
 
     def static_parameters(self) -> dict[str, nn.Parameter]:

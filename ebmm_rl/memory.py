@@ -14,7 +14,7 @@ episode, ``D...`` the pattern shape of the energy network (``(128,)``, ``(1, 32,
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -145,6 +145,27 @@ class MemoryState:
     def flatten(self) -> Tensor:
         """All fast weights of each episode as one vector: ``[B, memory_size]``."""
         return torch.cat([w.reshape(self.batch_size, -1) for w in self.fast_weights.values()], dim=1)
+
+    def index(self, index: Tensor | slice) -> MemoryState:
+        """The episodes ``index`` selects (a bool mask, indices or a slice over ``B``)."""
+        return MemoryState({n: w[index] for n, w in self.fast_weights.items()}, self.num_written[index])
+
+    def where(self, mask: Tensor, other: MemoryState) -> MemoryState:
+        """Episode ``b`` from ``self`` where ``mask[b]`` ([B] bool) holds, else from ``other``."""
+        fast = {
+            n: torch.where(mask.view(-1, *[1] * (w.dim() - 1)), w, other.fast_weights[n])
+            for n, w in self.fast_weights.items()
+        }
+        return MemoryState(fast, torch.where(mask, self.num_written, other.num_written))
+
+    @staticmethod
+    def stack(states: Sequence[MemoryState]) -> MemoryState:
+        """``T`` states of ``B`` episodes each as one state of ``B · T`` episodes, episode-major (``b · T + t``)."""
+        names = states[0].fast_weights
+        return MemoryState(
+            {n: torch.stack([s.fast_weights[n] for s in states], 1).flatten(0, 1) for n in names},
+            torch.stack([s.num_written for s in states], 1).flatten(),
+        )
 
 
 @dataclass
@@ -294,6 +315,27 @@ class EBMMemory(nn.Module):
         fast = {n: p.unsqueeze(0).expand(batch_size, *p.shape) for n, p in self.energy.memory_parameters().items()}
         device = next(iter(fast.values())).device
         return MemoryState(fast, torch.zeros(batch_size, dtype=torch.long, device=device))
+
+    def reset(self, state: MemoryState, mask: Tensor) -> MemoryState:
+        """``state`` with the episodes where ``mask`` ([B] bool) holds set back to ``θ̄``, with nothing written."""
+        return self.initial_state(state.batch_size).where(mask, state)
+
+    def deviation(self, state: MemoryState) -> Tensor:
+        """``θ − θ̄`` of every episode as one vector ``[B, memory_size]`` (in ``memory_parameters()`` order)."""
+        theta_bar = self.energy.memory_parameters()
+        B = state.batch_size
+        return torch.cat([(state.fast_weights[n] - p).reshape(B, -1) for n, p in theta_bar.items()], dim=1)
+
+    def from_deviation(self, deviation: Tensor, num_written: Tensor) -> MemoryState:
+        """The state ``θ̄ + deviation`` (``[B, memory_size]``, as :meth:`deviation` returns it)."""
+        fast, offset = {}, 0
+        for name, p in self.energy.memory_parameters().items():
+            part = deviation[:, offset : offset + p.numel()].reshape(-1, *p.shape)  # [B, *shape]
+            fast[name] = p.unsqueeze(0) + part
+            offset += p.numel()
+        if offset != deviation.shape[1]:
+            raise ValueError(f"a deviation of this memory has {offset} entries per episode, got {deviation.shape[1]}")
+        return MemoryState(fast, num_written)
 
     def write(
         self,
@@ -458,64 +500,91 @@ class EBMMemory(nn.Module):
         return update, alpha
 
     def write_and_read(
-        self, patterns: Tensor, queries: Tensor, state: MemoryState, check: bool = True
+        self,
+        patterns: Tensor,
+        queries: Tensor,
+        state: MemoryState,
+        known_mask: Tensor | None = None,
+        check: bool = True,
+        read_state: MemoryState | None = None,
     ) -> tuple[MemoryState, ReadResult]:
-        """``(write(patterns, state), read(queries, state))`` without a graph: store, and read from the memory before.
+        """``(write(patterns, state), read(queries, read_state, known_mask))`` without a graph, in lockstep.
 
-        An RL agent's step reads with its row from the memory of the earlier steps and then writes the row
-        (:class:`~ebmm_rl.rl.recurrent.EBMMRecurrentPolicy`'s rollouts). Both start from ``state``, so with
-        closed-form gradients and ``N == M`` write step ``i`` and read step ``i`` run as one
-        :meth:`~ebmm_rl.layers.EnergyNet.closed_form_grads` call over ``2B`` episodes (the write's fast weights
-        beside ``state``'s): half the small kernels. Otherwise, it is the two calls. The results are the same: the
-        episodes of the batch do not interact, the write keeps the ``∇_θ`` of its half and the read the ``∇ₓE`` of
-        its half.
+        An RL agent's step reads from the memory of the earlier steps and then writes its row
+        (:class:`~ebmm_rl.rl.core.MemoryCore`'s rollouts). With closed-form gradients, write step ``i`` and read
+        step ``i`` run as one :meth:`~ebmm_rl.layers.EnergyNet.closed_form_grads` call over the write's episodes
+        and the read's (the write's fast weights beside ``read_state``'s): half the small kernels. The read's
+        episodes are its ``B`` episodes when ``N == M``, or ``B · M`` episodes of one query each when one pattern is
+        written (``N == 1``), the read's fast weights repeated per query. Otherwise, it is the two calls. The
+        results are those of the two calls: the episodes of the batch do not interact, the write keeps the ``∇_θ``
+        of its half and the read the ``∇ₓE`` of its half.
 
         Args:
             patterns: ``[B, N, D...]`` patterns to store.
             queries: ``[B, M, D...]`` patterns to read with.
-            state: the memory both start from.
+            state: the memory the write starts from.
+            known_mask: optional bool, broadcastable to ``queries``: dimensions clamped to the query (as
+                :meth:`read`'s).
             check: validate the inputs (as :meth:`write`'s ``check``).
+            read_state: the memory the read starts from; default ``state``.
 
         Returns:
             ``(the memory after the write, the read's ReadResult)``.
         """
+        read_state = state if read_state is None else read_state
         if check:
             self._check_patterns(patterns, "patterns")
             self._check_patterns(queries, "queries")
             self._check_state(state)
+            self._check_state(read_state)
         B, N = patterns.shape[:2]
-        if state.batch_size != B or queries.shape[0] != B:
-            raise ValueError(f"state, patterns and queries must hold the same number of episodes; got "
-                             f"{state.batch_size}, {B} and {queries.shape[0]}")  # fmt: skip
-        if not self.uses_closed_form or queries.shape[1] != N:
+        M = queries.shape[1]
+        if state.batch_size != B or queries.shape[0] != B or read_state.batch_size != B:
+            raise ValueError(f"state, read_state, patterns and queries must hold the same number of episodes; got "
+                             f"{state.batch_size}, {read_state.batch_size}, {B} and {queries.shape[0]}")  # fmt: skip
+        if not self.uses_closed_form or (M != N and N != 1):
             with torch.no_grad():
-                return self.write(patterns, state, create_graph=False, check=False), self.read(
-                    queries, state, create_graph=False
-                )
+                written = self.write(patterns, state, create_graph=False, check=False)
+                return written, self.read(queries, read_state, known_mask, create_graph=False)
         with torch.no_grad():
             update, alpha = self._write_rule(state, create_graph=False)
             names = list(self.energy.memory_parameters())
             start = {n: w.detach() for n, w in state.fast_weights.items()}
+            per_query = M != N  # one written pattern, M queries: the read half is B·M episodes of one query
+            reader = {n: w.detach() for n, w in read_state.fast_weights.items()}
+            if per_query:
+                reader = {n: w.repeat_interleave(M, dim=0) for n, w in reader.items()}  # [B·M, *shape]
             weights = _pattern_weights(None, B, N, patterns.device, patterns.dtype)
-            both_weights = torch.cat([weights, torch.zeros_like(weights)])  # the read half adds nothing to ∇_θ
+            read_weights = weights.new_zeros(B * M, 1) if per_query else torch.zeros_like(weights)
+            both_weights = torch.cat([weights, read_weights])  # the read half adds nothing to ∇_θ
             grad_norm_weights = alpha * both_weights if self.config.use_grad_norm_term else None
             lo, hi = self.config.data_range
+            known = None if known_mask is None else known_mask.expand_as(queries)
+            free = None if known is None else (~known).to(queries.dtype)
+
+            def project(x: Tensor) -> Tensor:
+                x = x.clamp(lo, hi)
+                return x if known is None else torch.where(known, queries, x)
+
+            def as_read_batch(x: Tensor) -> Tensor:  # [B, M, D...] -> the read half's episodes
+                return x.reshape(B * M, 1, *x.shape[2:]) if per_query else x
+
             gammas, psis = self.read_step_sizes.tolist(), self.momenta.tolist()
-            x = queries.clamp(lo, hi)
+            x = project(queries)
             iterates, velocity, fast = [x], torch.zeros_like(x), start
             context: dict[str, Any] = {}  # the closed form's terms of the slow weights, for every call below
             for i in range(max(self.config.write_steps, self.config.read_steps)):
                 writes, reads = i < self.config.write_steps, i < self.config.read_steps
-                x_hat = (x + psis[i] * velocity).clamp(lo, hi) if reads else None
+                x_hat = project(x + psis[i] * velocity) if reads else None
                 if writes and reads:
                     out = self.energy.closed_form_grads(
-                        torch.cat([patterns, x_hat]),
-                        {n: torch.cat([fast[n], start[n]]) for n in names},
+                        torch.cat([patterns, as_read_batch(x_hat)]),
+                        {n: torch.cat([fast[n], reader[n]]) for n in names},
                         both_weights,
                         grad_norm_weights,
                         context=context,
                     )
-                    grad_x = out.grad_x[B:]
+                    grad_x = out.grad_x[B:].reshape(x.shape)
                     grads_e = [out.grad_theta[n][:B] for n in names]
                     grads_g = (
                         None if out.grad_theta_grad_norm is None else [out.grad_theta_grad_norm[n][:B] for n in names]
@@ -523,12 +592,15 @@ class EBMMemory(nn.Module):
                 elif writes:
                     grads_e, grads_g = self._writing_loss_grads(patterns, fast, names, weights, alpha, False, context)
                 else:
-                    grad_x = self.energy.closed_form_grads(x_hat, start, context=context).grad_x
+                    grad_x = self.energy.closed_form_grads(as_read_batch(x_hat), reader, context=context).grad_x
+                    grad_x = grad_x.reshape(x.shape)
                 if writes:
                     fast = update(i, fast, grads_e, grads_g)
                 if reads:
+                    if free is not None:
+                        grad_x = grad_x * free
                     velocity = psis[i] * velocity - gammas[i] * grad_x
-                    x = (x + velocity).clamp(lo, hi)
+                    x = project(x + velocity)
                     iterates.append(x)
         return MemoryState(fast, state.num_written + N), ReadResult(torch.stack(iterates))
 

@@ -134,10 +134,11 @@ def build(model: Model, args: Args) -> tuple[EBMMemory, torch.Tensor, torch.Tens
         queries = patterns.clone()
         queries[..., 8:24, 8:24] = (torch.rand(B, args.conv_patterns, 1, 16, 16) > 0.5).float()
         return memory, patterns, queries, None
-    from ebmm_rl.rl.extractor import DEFAULT_RL_EBMM_CONFIG, DEFAULT_RL_ENERGY  # here: it imports SB3
+    from ebmm_rl.rl.core import CORE_EBMM_CONFIG, CoreConfig  # here: it imports SB3
 
-    energy = MLPEnergy(MLPConfig(input_size=args.mlp_input, **DEFAULT_RL_ENERGY))
-    memory = EBMMemory(energy, DEFAULT_RL_EBMM_CONFIG)
+    core = CoreConfig()  # the agents' energy and rules, over patterns of --mlp-input entries
+    energy = MLPEnergy(MLPConfig(args.mlp_input, core.hidden_size, core.dynamic_size, core.hops))
+    memory = EBMMemory(energy, CORE_EBMM_CONFIG)
     patterns = torch.rand(B, args.mlp_patterns, args.mlp_input)
     queries = (patterns + 0.2 * torch.randn_like(patterns)).clamp(0, 1)
     return memory, patterns, queries, None

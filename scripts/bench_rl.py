@@ -6,17 +6,15 @@ CPU time, which other jobs on the machine do not inflate) of rollout collection 
 ``--repeats R`` the agents run in ``R`` interleaved rounds and the table gives each agent's median, so that a
 change of load hits every agent alike; the ratios to ``lstm`` are computed within each round::
 
-    python scripts/bench_rl.py                                # BinaryRecall-Medium, 2048 steps per agent
-    python scripts/bench_rl.py --env ebmm/CartPole-NoVel-v1 --n-envs 8 --agents lstm ebmm-recurrent ebmm
+    python scripts/bench_rl.py                                # CartPole-NoVel, 8 envs, 2048 steps per agent
+    python scripts/bench_rl.py --env ebmm/BinaryRecall-Medium-v0 --n-envs 1 --agents lstm ebmm-recurrent ebmm
 
-Agents: ``mlp`` (PPO, no memory), ``ebmm`` (PPO + EBMMExtractor with its rollout cache), ``ebmm-nocache``
-(the same, re-writing the whole history at every rollout step), ``ebmm-frozen`` (frozen memory: no higher-order
-graph in updates), ``ebmm-gradnorm`` (writing loss with the paper's ``α‖∇ₓE‖²`` term), ``ebmm-recurrent``
-(sb3-contrib RecurrentPPO with the memory as its recurrent state, ``EBMMRecurrentPolicy``), ``ebmm-recurrent-tbptt``
-(the same trained by ``EBMMRecurrentPPO`` with ``bptt_steps=1``, or ``--bptt-steps k``: each read backpropagates
-through its last ``k`` writes only, from the states the rollout stored), ``lstm`` (sb3-contrib RecurrentPPO).
-The EBMM memory is a fresh MLPEnergy with the ``agents.train`` defaults (hidden 64, dynamic 32, 3 write and 3
-read steps, no grad-norm term).
+Agents: ``mlp`` (PPO, no memory), ``lstm`` (sb3-contrib RecurrentPPO, 64 LSTM units), ``ebmm-recurrent``
+(``EBMMRecurrentPPO``: the memory core as the recurrent state, each read backpropagating through the writes of its
+``--bptt-steps`` window), ``ebmm-recurrent-whole`` (RecurrentPPO + ``EBMMRecurrentPolicy``, gradients through the
+whole minibatch sequence), ``ebmm`` (PPO + ``EBMMExtractor`` with its rollout cache), ``ebmm-nocache`` (the same,
+re-writing the whole history at every rollout step), ``ebmm-frozen`` (its memory frozen). The EBMM agents' core
+has the ``agents.train`` defaults unless the size flags say otherwise.
 """
 
 from __future__ import annotations
@@ -35,52 +33,45 @@ from agents.train import build_model, make_env
 from ebmm_rl.cli import usage_error
 from ebmm_rl.rl import EBMMExtractor
 
-AGENTS = (
-    "mlp",
-    "ebmm",
-    "ebmm-nocache",
-    "ebmm-frozen",
-    "ebmm-gradnorm",
-    "ebmm-recurrent",
-    "ebmm-recurrent-tbptt",
-    "lstm",
-)
+AGENTS = ("mlp", "lstm", "ebmm-recurrent", "ebmm-recurrent-whole", "ebmm", "ebmm-nocache", "ebmm-frozen")
 
 
 @dataclass
 class Args:
-    """Steps/s of PPO-MLP, PPO+EBMM (with and without the rollout cache), RecurrentPPO+EBMM and RecurrentPPO."""
+    """Steps/s of PPO-MLP, RecurrentPPO-LSTM and the EBMM agents, side by side."""
 
-    env: str = "ebmm/BinaryRecall-Medium-v0"
+    env: str = "ebmm/CartPole-NoVel-v1"
     """environment id"""
     steps: int = 2048
     """environment steps per agent (``learn(steps)``)"""
-    agents: tuple[str, ...] = AGENTS
-    """agents to time, among mlp, ebmm, ebmm-nocache, ebmm-frozen, ebmm-gradnorm, ebmm-recurrent,
-    ebmm-recurrent-tbptt, lstm"""
-    n_steps: int = 256
-    """rollout length (steps per update)"""
-    batch_size: int = 64
+    agents: tuple[str, ...] = ("lstm", "ebmm-recurrent")
+    """agents to time, among mlp, lstm, ebmm-recurrent, ebmm-recurrent-whole, ebmm, ebmm-nocache, ebmm-frozen"""
+    n_steps: int = 32
+    """rollout length per env (steps per update = n_steps * n_envs)"""
+    batch_size: int = 256
     """PPO minibatch size"""
     n_epochs: int = 4
     """PPO epochs per update"""
-    n_envs: int = 1
+    n_envs: int = 8
     """parallel environments (in this process: DummyVecEnv)"""
     max_patterns: int | None = None
     """history window of the PPO memory agents (agents.train's --max-patterns)"""
-    bptt_steps: int = 1
-    """writes each read backpropagates through, for ebmm-recurrent-tbptt (agents.train's --bptt-steps)"""
+    bptt_steps: int = TrainArgs.bptt_steps or 8
+    """ebmm-recurrent's truncation window (agents.train's --bptt-steps)"""
+    embed_size: int = TrainArgs.embed_size
+    """EBMM core: embedding entries (agents.train's --embed-size)"""
+    key_size: int = TrainArgs.key_size
+    """EBMM core: learned key entries"""
+    value_size: int = TrainArgs.value_size
+    """EBMM core: value entries"""
     hidden_size: int = TrainArgs.hidden_size
-    """hidden size of the EBMM agents' MLPEnergy (agents.train's --hidden-size)"""
+    """EBMM core: hidden size of its MLPEnergy"""
     dynamic_size: int = TrainArgs.dynamic_size
-    """memory units of the EBMM agents' MLPEnergy (agents.train's --dynamic-size)"""
+    """EBMM core: memory units of its MLPEnergy"""
     write_steps: int = TrainArgs.write_steps
-    """write steps T of the EBMM agents (agents.train's --write-steps)"""
+    """EBMM core: write steps T"""
     read_steps: int = TrainArgs.read_steps
-    """read steps K of the EBMM agents (agents.train's --read-steps)"""
-    chunk_size: int = TrainArgs.chunk_size
-    """patterns per write of the PPO extractor agents (agents.train's --chunk-size; >= the history length writes
-    it at once, the paper's batch writing); the recurrent agents always write one per step"""
+    """EBMM core: read steps K"""
     repeats: int = 1
     """interleaved rounds over the agents (the table shows medians)"""
     threads: int = 1
@@ -89,10 +80,12 @@ class Args:
     """seed"""
 
 
+CORE_FIELDS = ("embed_size", "key_size", "value_size", "hidden_size", "dynamic_size", "write_steps", "read_steps")
+
+
 def bench(args: Args, agent: str) -> dict[str, float]:
     """Steps per CPU-second of rollouts and of ``learn``, and ``learn``'s steps per wall-second, of ``agent``."""
-    memory = agent if agent in ("ebmm-recurrent", "mlp", "lstm") else "ebmm"
-    memory = "ebmm-recurrent" if agent == "ebmm-recurrent-tbptt" else memory
+    memory = {"ebmm-recurrent-whole": "ebmm-recurrent", "ebmm-nocache": "ebmm", "ebmm-frozen": "ebmm"}.get(agent, agent)
     train_args = replace(
         TrainArgs(),
         env=args.env,
@@ -105,15 +98,10 @@ def bench(args: Args, agent: str) -> dict[str, float]:
         max_patterns=args.max_patterns,
         seed=args.seed,
         freeze_memory=agent == "ebmm-frozen",
-        grad_norm_term=agent == "ebmm-gradnorm",
-        bptt_steps=args.bptt_steps if agent == "ebmm-recurrent-tbptt" else None,
-        hidden_size=args.hidden_size,
-        dynamic_size=args.dynamic_size,
-        write_steps=args.write_steps,
-        read_steps=args.read_steps,
-        chunk_size=1 if memory == "ebmm-recurrent" else args.chunk_size,
+        bptt_steps=None if agent == "ebmm-recurrent-whole" else args.bptt_steps,
         eval_freq=0,
         progress_bar=False,
+        **{name: getattr(args, name) for name in CORE_FIELDS},
     )
     env = make_env(train_args)
     model = build_model(train_args, env)
@@ -145,11 +133,13 @@ def main(args: Args) -> dict[str, dict[str, float]]:
     unknown = set(args.agents) - set(AGENTS)
     if unknown:
         usage_error(f"unknown agents {sorted(unknown)}; choose among {AGENTS}")
-    if min(args.repeats, args.steps, args.bptt_steps, args.chunk_size, args.write_steps, args.read_steps) < 1:
-        usage_error("--repeats, --steps, --bptt-steps, --chunk-size, --write-steps and --read-steps must be >= 1")
+    small = [n for n in ("repeats", "steps", "bptt_steps", "n_envs", "n_steps", "batch_size", "n_epochs", *CORE_FIELDS)
+             if getattr(args, n) < 1]  # fmt: skip
+    if small:
+        usage_error(f"{', '.join('--' + n.replace('_', '-') for n in small)} must be >= 1")
     print(f"{args.env}, {args.n_envs} env(s), {args.steps} steps, n_steps {args.n_steps}, batch {args.batch_size}, "
-          f"{args.n_epochs} epochs, {args.repeats} round(s); EBMM hidden {args.hidden_size}, dynamic "
-          f"{args.dynamic_size}, T {args.write_steps}, K {args.read_steps}, extractor chunk {args.chunk_size}; "
+          f"{args.n_epochs} epochs, {args.repeats} round(s); EBMM core "
+          f"{', '.join(f'{n} {getattr(args, n)}' for n in CORE_FIELDS)}, bptt_steps {args.bptt_steps}; "
           f"torch threads {torch.get_num_threads()}, "
           f"load average "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}; {platform.machine()} {os.cpu_count()} CPUs, "

@@ -3,7 +3,7 @@
 An update of the recurrent route on the probes (``EBMMRecurrentPolicy``, ``BinaryRecall-Medium``: about 36
 sequences of 9 steps per minibatch) writes one row per sequence per step, each write onto the last, with the graph
 kept for the meta-gradient; then it backpropagates through all of them. This script runs that chain for the RL
-default memory and for ``FAST_RL_MEMORY``, forward and forward + backward, and prints the aten ops (counted by
+default memory and for ``FAST_CORE``, forward and forward + backward, and prints the aten ops (counted by
 ``bench_memory.count_flops``) and the CPU time (medians of ``--rounds``).
 
 With ``--against REV`` the package as it was at git revision ``REV`` is extracted (``git archive``) into a
@@ -79,16 +79,19 @@ def package_at(revision: str, folder: Path) -> str:
 
 
 def build(package: str, memory_kind: str, seed: int) -> torch.nn.Module:
-    """The RL default fresh memory of ``package`` (or the ``FAST_RL_MEMORY`` sizes), pattern size 32."""
+    """The agents' fresh memory of ``package`` (or the ``FAST_CORE`` sizes), pattern size 32."""
     memory_module = importlib.import_module(f"{package}.memory")
     energy_module = importlib.import_module(f"{package}.energy")
-    rl_config = importlib.import_module(f"{package}.rl.extractor").DEFAULT_RL_EBMM_CONFIG
-    sizes = dict(hidden_size=64, dynamic_size=32)  # DEFAULT_RL_ENERGY of the current code, for both packages
+    try:  # the agents' write rules: the core's, or the extractor's before key/value rows
+        rl_config = importlib.import_module(f"{package}.rl.core").CORE_EBMM_CONFIG
+    except ModuleNotFoundError:
+        rl_config = importlib.import_module(f"{package}.rl.extractor").DEFAULT_RL_EBMM_CONFIG
+    sizes = dict(hidden_size=64, dynamic_size=32)  # the current defaults, for both packages
     if memory_kind == "fast":
-        from ebmm_rl.rl import FAST_RL_MEMORY
+        from ebmm_rl.rl import FAST_CORE
 
-        sizes = FAST_RL_MEMORY["energy"]
-        rl_config = replace(rl_config, **FAST_RL_MEMORY["ebmm"])
+        sizes = dict(hidden_size=FAST_CORE["hidden_size"], dynamic_size=FAST_CORE["dynamic_size"])
+        rl_config = replace(rl_config, **FAST_CORE["ebmm"])
     torch.manual_seed(seed)
     energy = energy_module.MLPEnergy(energy_module.MLPConfig(input_size=32, hops=2, **sizes))
     return memory_module.EBMMemory(energy, rl_config)

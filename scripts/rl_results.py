@@ -10,11 +10,12 @@ over seeds), the chance level (best memoryless policy, exact) and the return of 
     python scripts/rl_results.py --steps 5000 --doc docs/rl_results.md
     python scripts/rl_results.py --envs ebmm/BinaryRecall-Easy-v0 --agents mlp ebmm --seeds 0 --steps 64
 
-The agent ``ebmm-meta`` is ``ebmm`` whose memory starts from a checkpoint of ``scripts/meta_train_env.py`` for that
-env (``--meta-dir``/``env__<Family>-<Level>-v0__0/best.pt``, meta-trained on the env's own episodes) and stays frozen
-(only the policy learns)::
+The agent ``ebmm-recurrent-pre`` is ``ebmm-recurrent`` whose core starts from a checkpoint of
+``scripts/meta_train_env.py`` for that env (``--meta-dir``/``env__<id>__0/best.pt``, pre-trained on the env's own
+episodes without labels); ``ebmm-recurrent-fast`` the smaller core; ``ebmm-old`` the design before key/value rows
+(:data:`OLD_AGENT`: its runs come from that revision)::
 
-    python scripts/rl_results.py --agents mlp ebmm-meta --meta-dir /work/runs_rl2/meta --steps 30000
+    python scripts/rl_results.py --agents mlp lstm ebmm-recurrent ebmm-recurrent-pre --meta-dir /work/runs_rl/meta
 
 ``--doc`` replaces the block between ``<!-- rl_results:begin -->`` and ``<!-- rl_results:end -->`` of that file
 (appending one if there is none); ``--out`` always receives the table alone. ``--plot`` draws one panel per env
@@ -48,7 +49,7 @@ import envs  # noqa: F401  (registers the ids)
 from agents.train import Args as TrainArgs
 from agents.train import build_model, make_env, memory_kind
 from agents.train import env_id as train_env_id
-from ebmm_rl.rl import FAST_RL_MEMORY
+from ebmm_rl.rl import FAST_CORE
 from ebmm_rl.stats import mean_ci as t_mean_ci
 
 MEDIUM = tuple(f"ebmm/{f}-Medium-v0" for f in ("BinaryRecall", "KeyValueRecall", "ImageRecall", "Familiarity",
@@ -65,8 +66,8 @@ class Args:
     envs: tuple[str, ...] = MEDIUM
     """environment ids (one table row each)"""
     agents: tuple[str, ...] = ("mlp", "frame-stack", "lstm", "ebmm")
-    """agents: ``--memory`` choices of agents.train, or ebmm-meta, ebmm-recurrent-pre, ebmm-recurrent-tbptt,
-    ebmm-recurrent-fast (one table column each)"""
+    """agents: ``--memory`` choices of agents.train, or ebmm-recurrent-pre, ebmm-recurrent-fast, ebmm-old (one table
+    column each)"""
     seeds: tuple[int, ...] = (0, 1, 2)
     """seeds of agent and environments"""
     steps: int = 5000
@@ -102,7 +103,7 @@ class Args:
     include_action_reward: bool | None = None
     """agents.train's --include-action-reward (every agent sees the previous action and reward)"""
     meta_dir: str = "runs"
-    """folder of scripts/meta_train_env.py runs, for the agent ebmm-meta"""
+    """folder of scripts/meta_train_env.py runs, for the agent ebmm-recurrent-pre"""
     doc: str | None = None
     """markdown file whose generated block (between the rl_results markers) receives the table"""
     plot: str | None = None
@@ -122,31 +123,30 @@ def result_path(out_dir: str | Path, env_id: str, agent: str, seed: int, steps: 
     return Path(out_dir) / f"{env_id.replace('/', '-')}__{agent}__{seed}__{steps}.json"
 
 
-META_AGENT = "ebmm-meta"
-"""``ebmm`` with a frozen memory meta-trained on the env (``scripts/meta_train_env.py``)."""
 PRETRAINED_AGENT = "ebmm-recurrent-pre"
-"""``ebmm-recurrent`` whose memory (and encoder) start from a self-supervised ``scripts/meta_train_env.py`` run on the
-env (its own random-policy episodes, no labels) and keep learning from the RL loss."""
-TBPTT_AGENT = "ebmm-recurrent-tbptt"
-"""``ebmm-recurrent`` trained by ``EBMMRecurrentPPO`` with ``--bptt-steps 1``: each read's gradient goes through the
-last write only, from the state the rollout stored."""
+"""``ebmm-recurrent`` whose core starts from a ``scripts/meta_train_env.py`` run on the env (pre-trained on its own
+random-policy episodes, no labels) and keeps learning from the RL loss."""
 FAST_AGENT = "ebmm-recurrent-fast"
-""":data:`TBPTT_AGENT` with the smaller memory :data:`ebmm_rl.rl.FAST_RL_MEMORY` (hidden 32, 16 memory units, 2 write
-and 2 read steps)."""
-META_DESCRIPTION = "PPO + EBMMExtractor, memory meta-trained on the env's episodes, then frozen"
-"""What :data:`META_AGENT` is, in one line (the plot's legend)."""
+"""``ebmm-recurrent`` with the smaller core :data:`ebmm_rl.rl.FAST_CORE`."""
+OLD_AGENT = "ebmm-old"
+"""The recurrent agent of the design before key/value rows (rows = the encoded observation, reads without a clamped
+key, the prior's implicit forgetting), ``EBMMRecurrentPPO`` with ``bptt_steps=1`` at that design's defaults. Its
+code is gone from this revision: its runs come from that revision's own ``rl_results.py`` (``OLD_REVISION``, the
+agent ``ebmm-recurrent-tbptt``) with the same settings, their JSON files renamed to this agent."""
+OLD_REVISION = "8723b79"
+"""The last revision of the design before key/value rows."""
+
+DESCRIPTIONS = {
+    PRETRAINED_AGENT: "EBMMRecurrentPPO, core pre-trained on the env's own episodes (no labels)",
+    FAST_AGENT: "EBMMRecurrentPPO with the smaller FAST_CORE",
+    OLD_AGENT: f"the design before key/value rows (revision {OLD_REVISION}), EBMMRecurrentPPO, bptt_steps=1",
+}
 
 
 def agent_description(agent: str) -> str:
-    """One line saying what ``agent`` is: :data:`META_DESCRIPTION` or ``agents.train``'s description of the memory."""
-    if agent == META_AGENT:
-        return META_DESCRIPTION
-    if agent == PRETRAINED_AGENT:
-        return "RecurrentPPO + EBMM, memory pre-trained self-supervised on the env's own episodes (no labels)"
-    if agent == TBPTT_AGENT:
-        return "EBMMRecurrentPPO + EBMM, gradient through each read's last write (stored rollout states)"
-    if agent == FAST_AGENT:
-        return "EBMMRecurrentPPO + the smaller FAST_RL_MEMORY, gradient through each read's last write"
+    """One line saying what ``agent`` is: :data:`DESCRIPTIONS` or ``agents.train``'s description of the memory."""
+    if agent in DESCRIPTIONS:
+        return DESCRIPTIONS[agent]
     try:
         return memory_kind(agent).description
     except ValueError:
@@ -159,24 +159,31 @@ def meta_checkpoint(meta_dir: str | Path, env_id: str) -> Path:
 
 
 def agent_args(env_id: str, agent: str, meta_dir: str | Path = "runs") -> dict[str, Any]:
-    """``agents.train.Args`` fields of ``agent``: a ``--memory`` choice, or :data:`META_AGENT`."""
-    if agent == TBPTT_AGENT:
-        return dict(memory="ebmm-recurrent", bptt_steps=1)
+    """``agents.train.Args`` fields of ``agent``: a ``--memory`` choice, or one of :data:`DESCRIPTIONS`.
+
+    Raises:
+        FileNotFoundError: the pre-trained core of :data:`PRETRAINED_AGENT` is missing, or :data:`OLD_AGENT` (whose
+            runs come from another revision) has no result yet; the message says how to make it.
+    """
     if agent == FAST_AGENT:
-        return dict(memory="ebmm-recurrent", bptt_steps=1, **FAST_RL_MEMORY["energy"], **FAST_RL_MEMORY["ebmm"])
-    if agent not in (META_AGENT, PRETRAINED_AGENT):
+        fields = {k: v for k, v in FAST_CORE.items() if k != "ebmm"}
+        return dict(memory="ebmm-recurrent", **fields, **FAST_CORE["ebmm"])
+    if agent == OLD_AGENT:
+        raise FileNotFoundError(
+            f"{agent} runs with the code of revision {OLD_REVISION}: git worktree add /tmp/old {OLD_REVISION}, run its "
+            f"scripts/rl_results.py --agents ebmm-recurrent-tbptt with the same settings and --out-dir, then rename "
+            f"the JSON files from __ebmm-recurrent-tbptt__ to __{agent}__"
+        )
+    if agent != PRETRAINED_AGENT:
         memory_kind(agent)
         return dict(memory=agent)
     checkpoint = meta_checkpoint(meta_dir, env_id)
     if not checkpoint.exists():
-        targets = "ground-truth" if agent == META_AGENT else "self-supervised"
         raise FileNotFoundError(
-            f"{agent} needs {checkpoint}: run python scripts/meta_train_env.py --env {env_id} --targets {targets} "
-            f"--run-root {meta_dir}, or pass --meta-dir"
+            f"{agent} needs {checkpoint}: run python scripts/meta_train_env.py --env {env_id} --run-root {meta_dir}, "
+            "or pass --meta-dir"
         )
-    if agent == PRETRAINED_AGENT:
-        return dict(memory="ebmm-recurrent", memory_checkpoint=str(checkpoint))
-    return dict(memory="ebmm", memory_checkpoint=str(checkpoint), freeze_memory=True)
+    return dict(memory="ebmm-recurrent", memory_checkpoint=str(checkpoint))
 
 
 def run_one(

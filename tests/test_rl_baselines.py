@@ -289,18 +289,17 @@ def test_train_script_runs(tmp_path, memory):
 
 def test_agents_on_image_recall_default_to_the_position_features():
     """Per-family feature parts: ImageRecall answers a position, BinaryRecall the stored pattern."""
-    for memory, expected in [("ebmm", ("similarities", "energies", "phase")), ("memnet", ("similarities", "phase"))]:
+    for memory, expected in [("memnet", ("similarities", "phase"))]:
         args = replace(Args(), env="ebmm/ImageRecall-Easy-v0", memory=memory, n_steps=8, batch_size=8)
         extractor = build_model(args, make_agent_env(args)).policy.features_extractor
         assert extractor.features == expected
         explicit = replace(args, features=("retrieved", "phase"))
         assert build_model(explicit, make_agent_env(explicit)).policy.features_extractor.features == explicit.features
-    binary = replace(Args(), env="ebmm/BinaryRecall-Easy-v0", n_steps=8, batch_size=8)
+    binary = replace(Args(), env="ebmm/BinaryRecall-Easy-v0", memory="memnet", n_steps=8, batch_size=8)
     assert build_model(binary, make_agent_env(binary)).policy.features_extractor.features == ("retrieved", "phase")
     plain = replace(binary, env="ebmm/KeyValueRecall-Easy-v0")
     assert build_model(plain, make_agent_env(plain)).policy.features_extractor.features == (
         "retrieved",
-        "energies",
         "query",
         "phase",
     )

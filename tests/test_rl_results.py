@@ -54,10 +54,10 @@ def test_sweep_writes_the_table_and_resumes(tmp_path):
     assert again.returncode == 0 and "seed 0: return" not in again.stdout  # nothing re-trained
 
 
-def test_the_fast_agent_trains_the_fast_memory_with_ebmm_recurrent_ppo():
+def test_the_fast_agent_trains_the_fast_core_with_ebmm_recurrent_ppo():
     fields = rl_results.agent_args("ebmm/CartPole-NoVel-v1", rl_results.FAST_AGENT)
-    assert fields == dict(memory="ebmm-recurrent", bptt_steps=1, hidden_size=32, dynamic_size=16, write_steps=2,
-                          read_steps=2)  # fmt: skip
+    assert fields == dict(memory="ebmm-recurrent", embed_size=32, key_size=8, value_size=8, hidden_size=32,
+                          dynamic_size=16, write_steps=2, read_steps=2)  # fmt: skip
     from dataclasses import replace
 
     from agents.train import Args, build_model, make_env
@@ -65,36 +65,35 @@ def test_the_fast_agent_trains_the_fast_memory_with_ebmm_recurrent_ppo():
     args = replace(Args(), env="ebmm/CartPole-NoVel-v1", n_steps=16, batch_size=16, n_epochs=1, n_envs=2,
                    vec_env="dummy", **fields)  # fmt: skip
     model = build_model(args, make_env(args))
-    memory = model.policy.features_extractor.memory
-    assert type(model).__name__ == "EBMMRecurrentPPO" and model.policy.bptt_steps == 1
-    assert (memory.energy.config.hidden_size, memory.energy.config.dynamic_size) == (32, 16)
-    assert (memory.config.write_steps, memory.config.read_steps) == (2, 2)
+    core = model.policy.core
+    assert type(model).__name__ == "EBMMRecurrentPPO" and model.policy.bptt_steps == 8
+    assert (core.config.hidden_size, core.config.dynamic_size, core.config.embed_size) == (32, 16, 32)
+    assert (core.memory.config.write_steps, core.memory.config.read_steps) == (2, 2)
 
 
-def test_meta_agent_uses_a_frozen_env_checkpoint(tmp_path):
+def test_pretrained_agent_starts_from_the_env_checkpoint_and_the_old_design_says_where_it_runs(tmp_path):
     import torch
 
-    from ebmm_rl.checkpoint import save_memory
-    from ebmm_rl.energy.mlp import MLPConfig, MLPEnergy
-    from ebmm_rl.memory import EBMMConfig, EBMMemory
+    from ebmm_rl.rl.core import CoreConfig, MemoryCore
+    from ebmm_rl.rl.pretrain import save_core
 
-    env_id = "ebmm/BinaryRecall-Easy-v0"
-    with pytest.raises(FileNotFoundError, match="meta_train_env.py --env ebmm/BinaryRecall-Easy-v0"):
-        rl_results.agent_args(env_id, rl_results.META_AGENT, tmp_path)
+    env_id = "ebmm/CartPole-NoVel-v1"
+    with pytest.raises(FileNotFoundError, match="meta_train_env.py --env ebmm/CartPole-NoVel-v1"):
+        rl_results.agent_args(env_id, rl_results.PRETRAINED_AGENT, tmp_path)
+    with pytest.raises(FileNotFoundError, match=f"git worktree add /tmp/old {rl_results.OLD_REVISION}"):
+        rl_results.agent_args(env_id, rl_results.OLD_AGENT, tmp_path)
     torch.manual_seed(0)
-    memory = EBMMemory(
-        MLPEnergy(MLPConfig(input_size=8, hidden_size=8, dynamic_size=4)),
-        EBMMConfig(read_steps=2, data_range=(-1.0, 1.0)),
-    )
+    core = MemoryCore(2 + 2 + 1, CoreConfig.build(embed_size=8, key_size=4, value_size=4, hidden_size=8,
+                                                  dynamic_size=4))  # fmt: skip
     checkpoint = rl_results.meta_checkpoint(tmp_path, env_id)
     checkpoint.parent.mkdir(parents=True)
-    save_memory(memory, checkpoint)
-    fields = rl_results.agent_args(env_id, rl_results.META_AGENT, tmp_path)
-    assert fields == dict(memory="ebmm", memory_checkpoint=str(checkpoint), freeze_memory=True)
+    save_core(core, checkpoint)
+    fields = rl_results.agent_args(env_id, rl_results.PRETRAINED_AGENT, tmp_path)
+    assert fields == dict(memory="ebmm-recurrent", memory_checkpoint=str(checkpoint))
     assert rl_results.agent_args(env_id, "mlp") == dict(memory="mlp")
-    overrides = dict(gamma=0.0, net_arch=(), n_epochs=2)
-    result = rl_results.run_one(env_id, rl_results.META_AGENT, 0, 64, 2, meta_dir=tmp_path, overrides=overrides)
-    assert result["agent"] == "ebmm-meta" and result["train_args"]["freeze_memory"]
+    overrides = dict(gamma=0.0, net_arch=(), n_epochs=2, n_steps=32, batch_size=32)
+    result = rl_results.run_one(env_id, rl_results.PRETRAINED_AGENT, 0, 64, 2, meta_dir=tmp_path, overrides=overrides)
+    assert result["agent"] == "ebmm-recurrent-pre" and result["train_args"]["memory_checkpoint"] == str(checkpoint)
     assert result["train_args"]["gamma"] == 0.0 and list(result["train_args"]["net_arch"]) == []
     assert result["steps"] >= 64 and len(result["returns"]) == 2
 
@@ -120,7 +119,7 @@ def test_table_round_trip_and_plot(tmp_path):
     pytest.importorskip("matplotlib")
     rl_results.plot_returns(stats, references, agents, tmp_path / "returns.png", setting)
     assert (tmp_path / "returns.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "meta-trained" in rl_results.agent_description("ebmm-meta")
+    assert "before key/value rows" in rl_results.agent_description("ebmm-old")
     assert rl_results.agent_description("mlp") == "PPO/A2C, no memory"
 
 

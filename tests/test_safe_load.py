@@ -22,8 +22,6 @@ from agents import train
 from agents.safe_load import AgentZipError, read_zip
 from agents.train import UsageError
 from ebmm_rl.checkpoint import save_memory
-from ebmm_rl.energy import MLPConfig, MLPEnergy
-from ebmm_rl.memory import EBMMConfig, EBMMemory
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -199,12 +197,12 @@ def test_resume_of_a_finished_run_has_nothing_to_do(mlp_run, tmp_path, capsys):
 
 
 def fresh_memory(path: Path) -> None:
-    """A memory for DelayedRecall's 2-entry patterns in [-1, 1], saved as a meta-training checkpoint."""
+    """A memory core for DelayedRecall's 2-entry patterns, saved as scripts/meta_train_env.py saves one."""
+    from ebmm_rl.rl.core import CoreConfig, MemoryCore
+
     torch.manual_seed(0)
-    memory = EBMMemory(
-        MLPEnergy(MLPConfig(input_size=2, hidden_size=8, dynamic_size=4)), EBMMConfig(data_range=(-1, 1))
-    )
-    save_memory(memory, path)
+    core = MemoryCore(2, CoreConfig.build(embed_size=4, key_size=2, value_size=2, hidden_size=8, dynamic_size=4))
+    save_memory(core, path)
 
 
 def test_a_memory_checkpoint_run_loads_without_the_checkpoint(tmp_path):
@@ -213,7 +211,8 @@ def test_a_memory_checkpoint_run_loads_without_the_checkpoint(tmp_path):
                "--checkpoint-freq", "16", "--run-root", str(tmp_path / "runs")])  # fmt: skip
     (run_dir,) = (tmp_path / "runs").iterdir()
     record = json.loads((run_dir / "args.json").read_text())["memory_checkpoint"]
-    assert record["memory_spec"]["energy"] == "MLPEnergy" and record["memory_spec"]["energy_config"]["hidden_size"] == 8
+    spec = record["memory_spec"]["core"]
+    assert spec["config"]["hidden_size"] == 8 and spec["row_size"] == 2
     reference = trusted(run_dir / "model.zip")  # SB3's loader: the memory object travels pickled in the zip
     (tmp_path / "memory.pt").unlink()
     model, _ = evaluate_module.load_model(run_dir / "model.zip")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import subprocess
@@ -202,3 +203,33 @@ def test_bench_write_chain_times_the_current_code_beside_a_revision():
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert bad.returncode == 2 and "usage error" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_eval_recall_learns_the_first_symbol_and_compares_recurrent_layers(tmp_path):
+    """The supervised recall test through the core's real unroll: a short run learns ``first`` beyond chance."""
+    out = tmp_path / "recall.json"
+    cmd = [sys.executable, "scripts/eval_recall.py", "--tasks", "first", "lag-2", "--models", "ebmm", "gru",
+           "--length", "6", "--steps", "80", "--batch-size", "16", "--eval-batch", "64", "--json", str(out),
+           "--no-progress"]  # fmt: skip
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| first | 6 | ebmm |" in result.stdout and "| lag-2 | 6 | gru |" in result.stdout
+    rows = {(r["task"], r["model"]): r for r in json.loads(out.read_text())["results"]}
+    assert rows[("first", "ebmm")]["accuracy"] > 0.9  # chance: 1 / 8
+    assert rows[("first", "ebmm")]["train_length"] == 6 and rows[("lag-2", "gru")]["train_length"] == 6
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--tasks", "lag-0"], "unknown task"),
+        (["--tasks", "second"], "unknown task"),
+        (["--models", "tcn"], "--models"),
+        (["--length", "1"], "--length"),
+        (["--lr", "0"], "--lr"),
+    ],  # fmt: skip
+)
+def test_eval_recall_usage_errors(argv, message):
+    result = subprocess.run([sys.executable, "scripts/eval_recall.py", *argv], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, check=False)  # fmt: skip
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

@@ -1,42 +1,43 @@
-"""Stable-Baselines3 integration: the EBMM features extractor and the wrappers it needs (``docs/rl.md``).
+"""Stable-Baselines3 integration: the agent's key/value EBMM memory, its routes and wrappers (``docs/rl.md``).
 
-:class:`MemoryExtractor` does the same with any baseline memory of :mod:`ebmm_rl.baselines` (``docs/baselines.md``).
-
-The recurrent route for sb3-contrib's ``RecurrentPPO`` lives in :mod:`ebmm_rl.rl.recurrent` (``EBMMRecurrentPolicy``
-and ``EBMMRecurrentPPO``, also exported here; imported on first use, so that this package does not need
-sb3-contrib).
+* :class:`~ebmm_rl.rl.core.MemoryCore` (:class:`CoreConfig`): the memory itself, key/value rows written into an
+  EBMM and read back by clamped keys.
+* :class:`EBMMRecurrentPPO` / :class:`EBMMRecurrentPolicy`: the core as the recurrent state of sb3-contrib's
+  ``RecurrentPPO`` (any environment, unwrapped).
+* :class:`EBMMExtractor` / :class:`EBMMPolicy`: the same core as a features extractor of PPO / A2C over
+  :class:`EpisodeMemoryWrapper` observations.
+* :class:`MemoryExtractor`: the baseline memories of :mod:`ebmm_rl.baselines` through the extractor route
+  (``docs/baselines.md``).
 """
 
-from typing import Any
-
+from ebmm_rl.rl.core import FAST_CORE, CoreConfig, MemoryCore
 from ebmm_rl.rl.encoders import RowEncoder
-from ebmm_rl.rl.extractor import FAST_RL_MEMORY, FEATURE_PARTS, EBMMExtractor
+from ebmm_rl.rl.extractor import FAST_RL_MEMORY, EBMMExtractor
+from ebmm_rl.rl.history import FEATURE_PARTS
 from ebmm_rl.rl.memory_extractor import MEMORY_FEATURE_PARTS, MemoryExtractor
 from ebmm_rl.rl.policy import EBMMPolicy
+from ebmm_rl.rl.recurrent import EBMMRecurrentPolicy, EBMMRecurrentPPO, RowsExtractor
 from ebmm_rl.rl.rows import SUPPORTED_SPACES, RowLayout
-from ebmm_rl.rl.wrappers import EpisodeMemoryWrapper, MultiBinaryToMultiDiscrete, RowObservation
+from ebmm_rl.rl.wrappers import EpisodeMemoryWrapper, MultiBinaryToMultiDiscrete, PreviousActionReward, RowObservation
 
 __all__ = [
+    "FAST_CORE",
     "FAST_RL_MEMORY",
     "FEATURE_PARTS",
     "MEMORY_FEATURE_PARTS",
     "SUPPORTED_SPACES",
+    "CoreConfig",
     "EBMMExtractor",
     "EBMMPolicy",
     "EBMMRecurrentPPO",
     "EBMMRecurrentPolicy",
     "EpisodeMemoryWrapper",
+    "MemoryCore",
     "MemoryExtractor",
     "MultiBinaryToMultiDiscrete",
+    "PreviousActionReward",
     "RowEncoder",
     "RowLayout",
     "RowObservation",
+    "RowsExtractor",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("EBMMRecurrentPolicy", "EBMMRecurrentPPO"):  # need sb3-contrib, imported on first use
-        from ebmm_rl.rl import recurrent
-
-        return getattr(recurrent, name)
-    raise AttributeError(f"module 'ebmm_rl.rl' has no attribute {name!r}")

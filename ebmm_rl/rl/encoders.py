@@ -120,16 +120,19 @@ class RowEncoder(nn.Module):
             self.pattern_size = self.row_size
             self.data_range = self.row_range
             return
-        keep = torch.ones(self.row_size, dtype=torch.bool)
+        keep = [True] * self.row_size  # a plain list: the encoder is also built on the meta device
         features = 0
         for seg in self.images:
             channels = seg.shape[0] if seg.channels_first else seg.shape[2]
             cnn = _SmallCNN(channels, *_hw(seg))
             self.cnns.append(cnn)
             features += cnn.out_size
-            keep[seg.offset : seg.offset + seg.size] = False
-        self.register_buffer("rest", torch.nonzero(keep).flatten(), persistent=False)  # entries that pass as they are
-        self.project = nn.Linear(features + int(keep.sum()), int(pattern_size))
+            keep[seg.offset : seg.offset + seg.size] = [False] * seg.size
+        rest = [i for i, k in enumerate(keep) if k]
+        self.register_buffer(
+            "rest", torch.tensor(rest, dtype=torch.long), persistent=False
+        )  # entries passed as they are
+        self.project = nn.Linear(features + len(rest), int(pattern_size))
         self.pattern_size = int(pattern_size)
         self.data_range = (-1.0, 1.0)
 

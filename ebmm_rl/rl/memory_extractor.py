@@ -28,7 +28,7 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from ebmm_rl.protocol import MEMORIES, build_memory
-from ebmm_rl.rl.extractor import HistoryFeaturesExtractor, _lengths, similarity_features
+from ebmm_rl.rl.history import HistoryFeaturesExtractor, history_lengths, similarity_features
 
 __all__ = [
     "DEFAULT_RL_BUDGETS",
@@ -192,7 +192,7 @@ class MemoryExtractor(HistoryFeaturesExtractor):
     # ---------------------------------------------------------------------------------------------- forward
     def _raw_features(self, obs: dict[str, Tensor]) -> Tensor:
         history, query = obs["history"], obs["query"]  # [B, L, D], [B, D]
-        lengths = _lengths(obs["history_len"], self.max_patterns)  # [B]
+        lengths = history_lengths(obs["history_len"], self.max_patterns)  # [B]
         state = self.write(history, lengths)
         retrieved = self.memory.recall(query.unsqueeze(1), state)[:, 0]  # [B, D]
         parts = {

@@ -58,8 +58,8 @@ class Segment:
 
     Attributes:
         name: where the part comes from: ``obs``, ``obs.key``, ``obs[0]``, ``action``, ``reward``.
-        kind: ``box``, ``image`` (a 3-d ``uint8`` ``Box``), ``onehot`` (``Discrete``/``MultiDiscrete``) or
-            ``binary`` (``MultiBinary``).
+        kind: ``box``, ``image`` (a 3-d ``uint8`` ``Box``), ``onehot`` (``Discrete``/``MultiDiscrete``),
+            ``binary`` (``MultiBinary``) or ``codes`` (a ``uint8`` ``Box`` read as small integer codes, one-hot).
         offset: first entry of the part in the row.
         size: entries of the part.
         shape: the part's own shape (an image as the env gives it, e.g. ``(H, W, C)``).
@@ -109,6 +109,9 @@ class RowLayout:
         include_reward: append the previous reward.
         data_range: ``(low, high)``, the box rows lie in (a memory's ``EBMMConfig.data_range``).
         squash_scale: unbounded entries ``x`` become ``tanh(x / squash_scale)`` before the mapping.
+        codes: every ``uint8`` ``Box`` part holds integer codes below this number (MiniGrid's symbolic grid:
+            object, colour and state indices below 11), and each entry becomes a one-hot of ``codes`` entries
+            instead of a value mapped from ``[0, 255]`` (which would make such rows nearly constant).
 
     Raises:
         ValueError: an unsupported space, an empty one, a bad range or scale.
@@ -122,7 +125,13 @@ class RowLayout:
         include_reward: bool = False,
         data_range: tuple[float, float] = (-1.0, 1.0),
         squash_scale: float = 1.0,
+        codes: int | None = None,
     ) -> None:
+        if codes is not None and (isinstance(codes, bool) or not isinstance(codes, int) or not 2 <= codes <= 256):
+            raise ValueError(
+                f"codes must be None or an integer in [2, 256] (the number of integer codes), got {codes!r}"
+            )
+        self.codes = codes
         lo, hi = (float(v) for v in data_range)
         if not (np.isfinite([lo, hi]).all() and lo < hi):
             raise ValueError(f"data_range must be finite (low, high) with low < high, got {data_range}")
@@ -173,6 +182,11 @@ class RowLayout:
         elif isinstance(space, spaces.Tuple):
             for i, sub in enumerate(space.spaces):
                 self._add(sub, f"{name}[{i}]", low, high)
+        elif isinstance(space, spaces.Box) and self.codes is not None and space.dtype == np.uint8:
+            size = int(np.prod(space.shape)) * self.codes
+            self.segments.append(Segment(name, "codes", offset, size, tuple(space.shape)))
+            low.append(np.zeros(size))
+            high.append(np.ones(size))
         elif isinstance(space, spaces.Box):
             size = int(np.prod(space.shape))
             kind = "image" if _is_image(space) else "box"
@@ -213,7 +227,7 @@ class RowLayout:
     # ---------------------------------------------------------------------------------------------- numpy
     def flatten_numpy(self, observation: Any, action: Any = None, reward: float | None = None) -> np.ndarray:
         """``[D]`` float64: the row before the mapping (one-hot and raw values, as ``gymnasium.spaces.flatten``)."""
-        parts = [_flatten_np(self.observation_space, observation)]
+        parts = [_flatten_np(self.observation_space, observation, self.codes)]
         if self.action_space is not None:
             parts.append(np.zeros(self.action_size) if action is None else _flatten_np(self.action_space, action))
         if self.include_reward:
@@ -234,17 +248,39 @@ class RowLayout:
         return np.clip(flat * self.scale + self.offset, *self.data_range).astype(np.float32)
 
     # ---------------------------------------------------------------------------------------------- torch
-    def torch_rows(self, observations: Tensor | dict[str, Tensor]) -> Tensor:
+    def torch_rows(self, observations: Tensor | dict[str, Tensor], check: bool = False) -> Tensor:
         """``[n, D]`` rows of a batch of raw observations (as SB3 hands them to a policy, not preprocessed).
 
         Only the observation part: the previous action and reward are not in an SB3 observation.
 
+        Args:
+            observations: ``[n, ...]`` tensors (a dict or tuple of them for ``Dict`` / ``Tuple`` spaces).
+            check: raise ``ValueError`` on NaN or inf (``+inf`` would otherwise squash to the range's edge).
+
         Raises:
-            ValueError: the layout includes the action or reward (use the wrappers for those).
+            ValueError: the layout includes the action or reward (use the wrappers for those); with ``check``, a
+                non-finite observation or one that does not have the space's shape.
         """
         if self.action_space is not None or self.include_reward:
             raise ValueError("torch_rows builds rows from observations alone; this layout also holds action/reward")
-        flat = _flatten_torch(self.observation_space, observations)  # [n, D]
+        try:
+            flat = _flatten_torch(self.observation_space, observations, self.codes)  # [n, D]
+        except (KeyError, IndexError, RuntimeError, TypeError) as error:
+            raise ValueError(
+                f"the observations do not fit the observation space {self.observation_space} the model was built "
+                f"for ({type(error).__name__}: {error})"
+            ) from None
+        if flat.shape[1] != self.size:
+            raise ValueError(
+                f"the observations give rows of {flat.shape[1]} entries, but the observation space "
+                f"{self.observation_space} gives {self.size}: the environment does not match the model"
+            )
+        if check and not bool(torch.isfinite(flat).all()):
+            bad = torch.nonzero(~torch.isfinite(flat))[:8, 1].tolist()
+            raise ValueError(
+                f"the observation holds non-finite values (NaN/inf) at flattened entries {bad}; a memory cannot "
+                "store them: fix the environment or clip its observations"
+            )
         device = flat.device
         if device not in self._torch:
             self._torch[device] = (
@@ -262,12 +298,16 @@ class RowLayout:
         return state
 
 
-def _flatten_np(space: spaces.Space, x: Any) -> np.ndarray:
-    """``gymnasium.spaces.flatten`` as float64 (``Discrete`` one-hot relative to ``start``)."""
+def _flatten_np(space: spaces.Space, x: Any, codes: int | None = None) -> np.ndarray:
+    """``gymnasium.spaces.flatten`` as float64 (``Discrete`` one-hot relative to ``start``; ``codes``: RowLayout's)."""
     if isinstance(space, spaces.Dict):
-        return np.concatenate([_flatten_np(s, x[k]) for k, s in space.spaces.items()])
+        return np.concatenate([_flatten_np(s, x[k], codes) for k, s in space.spaces.items()])
     if isinstance(space, spaces.Tuple):
-        return np.concatenate([_flatten_np(s, x[i]) for i, s in enumerate(space.spaces)])
+        return np.concatenate([_flatten_np(s, x[i], codes) for i, s in enumerate(space.spaces)])
+    if isinstance(space, spaces.Box) and codes is not None and space.dtype == np.uint8:
+        values = np.asarray(x).reshape(-1).astype(np.int64)
+        _check_codes(int(values.max(initial=0)), codes)
+        return np.eye(codes)[values].reshape(-1)
     if isinstance(space, spaces.Box | spaces.MultiBinary):
         return np.asarray(x, dtype=np.float64).reshape(-1)
     if isinstance(space, spaces.Discrete):
@@ -283,14 +323,20 @@ def _flatten_np(space: spaces.Space, x: Any) -> np.ndarray:
     raise ValueError(f"unsupported space {space}")  # RowLayout rejects these first
 
 
-def _flatten_torch(space: spaces.Space, x: Tensor | dict[str, Tensor] | tuple) -> Tensor:
+def _flatten_torch(space: spaces.Space, x: Tensor | dict[str, Tensor] | tuple, codes: int | None = None) -> Tensor:
     """The batched twin of :func:`_flatten_np`: ``[n, ...]`` raw observations -> ``[n, D]`` float."""
     if isinstance(space, spaces.Dict):
-        return torch.cat([_flatten_torch(s, x[k]) for k, s in space.spaces.items()], dim=1)  # type: ignore[index]
+        parts = [_flatten_torch(s, x[k], codes) for k, s in space.spaces.items()]  # type: ignore[index]
+        return torch.cat(parts, dim=1)
     if isinstance(space, spaces.Tuple):
-        return torch.cat([_flatten_torch(s, x[i]) for i, s in enumerate(space.spaces)], dim=1)  # type: ignore[index]
+        parts = [_flatten_torch(s, x[i], codes) for i, s in enumerate(space.spaces)]  # type: ignore[index]
+        return torch.cat(parts, dim=1)
     assert isinstance(x, Tensor)
     n = x.shape[0]
+    if isinstance(space, spaces.Box) and codes is not None and space.dtype == np.uint8:
+        values = x.reshape(n, -1).round().long()
+        _check_codes(int(values.max()) if values.numel() else 0, codes)
+        return torch.nn.functional.one_hot(values, codes).reshape(n, -1).float()
     if isinstance(space, spaces.Box | spaces.MultiBinary):
         return x.reshape(n, -1).float()
     if isinstance(space, spaces.Discrete):
@@ -301,6 +347,14 @@ def _flatten_torch(space: spaces.Space, x: Tensor | dict[str, Tensor] | tuple) -
         values = x.reshape(n, -1).round().long() - torch.as_tensor(np.asarray(space.start).reshape(-1), device=x.device)
         return torch.cat([torch.nn.functional.one_hot(values[:, i], int(k)) for i, k in enumerate(nvec)], 1).float()
     raise ValueError(f"unsupported space {space}")
+
+
+def _check_codes(largest: int, codes: int) -> None:
+    if largest >= codes:
+        raise ValueError(
+            f"an observation holds the code {largest}, but the rows were built for codes below {codes}: pass a larger "
+            "codes= (the number of distinct values the uint8 observation takes)"
+        )
 
 
 def check_finite(row: np.ndarray, where: str) -> None:

@@ -5,7 +5,8 @@ compute its features from the observation alone. :class:`EpisodeMemoryWrapper` t
 observation what the memory must hold at that step (the episode's rows so far, a FIFO window), much as frame
 stacking adds the last frames. :class:`RowObservation` turns an observation into its memory row for agents that
 carry their own state (``RecurrentPPO``). :class:`MultiBinaryToMultiDiscrete` works around sb3-contrib's
-``RecurrentPPO`` crash on ``MultiBinary`` actions (``docs/envs.md``).
+``RecurrentPPO`` crash on ``MultiBinary`` actions (``docs/envs.md``). :class:`PreviousActionReward` adds each step's
+previous action and reward to a vectorised environment's observation.
 """
 
 from __future__ import annotations
@@ -16,10 +17,21 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper
 
 from ebmm_rl.rl.rows import RowLayout, RowsBox, check_finite, wrapper_call
 
-__all__ = ["DEFAULT_WINDOW", "WRITE_PHASE", "EpisodeMemoryWrapper", "MultiBinaryToMultiDiscrete", "RowObservation"]
+__all__ = [
+    "DEFAULT_WINDOW",
+    "WRITE_PHASE",
+    "EpisodeMemoryWrapper",
+    "MultiBinaryToMultiDiscrete",
+    "OneHotCodes",
+    "PreviousActionReward",
+    "RowObservation",
+    "action_reward_space",
+    "with_action_reward",
+]
 
 WRITE_PHASE = 0
 """Value of the ``"phase"`` observation on a step whose pattern is to be stored (``envs.Phase.WRITE``)."""
@@ -341,6 +353,41 @@ class RowObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
         return layout.numpy_row(observation, action, reward, where=f"step {self._step} of the episode")
 
 
+class OneHotCodes(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
+    """Turns a ``uint8`` ``Box`` of small integer codes into one-hot floats: ``(*shape)`` -> ``(*shape[:-1], C·codes)``.
+
+    MiniGrid's symbolic observation (``ImgObsWrapper``) is a ``Box(0, 255, (7, 7, 3), uint8)`` holding object, colour
+    and state indices below 11: read as pixels, its rows barely vary. Every agent of ``agents.train`` gets it one-hot.
+
+    Args:
+        env: an environment with a ``uint8`` ``Box`` observation.
+        codes: the number of codes (values ``0 .. codes - 1``).
+
+    Raises:
+        ValueError: another observation space, or an observation with a value ``>= codes``.
+    """
+
+    def __init__(self, env: gym.Env, codes: int) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, codes=codes)
+        gym.ObservationWrapper.__init__(self, env)
+        space = env.observation_space
+        if not (isinstance(space, spaces.Box) and space.dtype == np.uint8):
+            raise ValueError(f"OneHotCodes needs a uint8 Box observation, got {space}")
+        if isinstance(codes, bool) or not isinstance(codes, int) or not 2 <= codes <= 256:
+            raise ValueError(f"codes must be an integer in [2, 256], got {codes!r}")
+        self.codes = codes
+        shape = (*space.shape[:-1], space.shape[-1] * codes) if space.shape else (codes,)
+        self.observation_space = spaces.Box(0.0, 1.0, shape, np.float32)
+        self._eye = np.eye(codes, dtype=np.float32)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        """The one-hot codes of ``observation``."""
+        values = np.asarray(observation)
+        if values.size and int(values.max()) >= self.codes:
+            raise ValueError(f"the observation holds the code {int(values.max())}, not below codes={self.codes}")
+        return self._eye[values].reshape(self.observation_space.shape)
+
+
 class MultiBinaryToMultiDiscrete(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
     """Shows a ``MultiBinary(shape)`` action space as ``MultiDiscrete`` with 2 choices per entry.
 
@@ -360,3 +407,135 @@ class MultiBinaryToMultiDiscrete(gym.ActionWrapper, gym.utils.RecordConstructorA
     def action(self, action: np.ndarray) -> np.ndarray:
         """``[*shape]`` integers in {0, 1} -> the same values as ``int8``."""
         return np.asarray(action, dtype=np.int8).reshape(self._shape)
+
+
+class PreviousActionReward(VecEnvWrapper):
+    """Adds each env's previous action and reward to its observation (zeros on an episode's first step).
+
+    The observation becomes a ``Dict``: an original ``Dict``'s keys (or ``"obs"`` for any other space) and
+    ``"prev_action"`` (``Box``: one-hot for ``Discrete``/``MultiDiscrete`` actions, ``{0, 1}`` for ``MultiBinary``,
+    the action itself for ``Box``) and ``"prev_reward"`` (``Box((1,))``). Memory agents commonly see both: the
+    action an agent took is not in the next observation, and a reward can say what the last step was worth.
+    :class:`~ebmm_rl.rl.recurrent.EBMMRecurrentPPO` wraps its environment with it. The terminal observation in
+    ``infos`` (bootstrapping of truncated episodes) gets the last action and reward as well.
+
+    Args:
+        venv: the vectorised environment (a plain ``gym.Env`` is put in a ``DummyVecEnv`` first).
+
+    Raises:
+        ValueError: the observation ``Dict`` already has a ``prev_action`` or ``prev_reward`` key, or the action
+            space is not ``Box``, ``Discrete``, ``MultiDiscrete`` or ``MultiBinary``.
+    """
+
+    KEYS = ("prev_action", "prev_reward")
+
+    def __init__(self, venv: VecEnv | gym.Env) -> None:
+        if not isinstance(venv, VecEnv):
+            env = venv
+            venv = DummyVecEnv([lambda: env])
+        original = venv.observation_space
+        space = action_reward_space(original, venv.action_space)
+        super().__init__(venv, observation_space=space)
+        self.action_size = int(space["prev_action"].shape[0])
+        self._is_dict = isinstance(original, spaces.Dict)
+        self._actions = np.zeros((venv.num_envs, self.action_size), np.float32)
+        self._rewards = np.zeros((venv.num_envs, 1), np.float32)
+
+    def reset(self) -> dict[str, np.ndarray]:
+        """Reset every env: no previous action or reward."""
+        self._actions[:] = 0
+        self._rewards[:] = 0
+        return self._observe(self.venv.reset())
+
+    def step_async(self, actions: np.ndarray) -> None:
+        """Remember the actions, then step."""
+        self._actions = _encode_actions(self.venv.action_space, actions, self.num_envs)
+        self.venv.step_async(actions)
+
+    def step_wait(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, list[dict]]:
+        """Step; a finished env's next observation (its new episode's first) gets zeros."""
+        obs, rewards, dones, infos = self.venv.step_wait()
+        self._rewards = np.asarray(rewards, np.float32).reshape(-1, 1)
+        for i, info in enumerate(infos):
+            terminal = info.get("terminal_observation")
+            if terminal is not None:
+                info["terminal_observation"] = self._single(terminal, i)
+        done = np.asarray(dones, bool)
+        self._actions[done] = 0
+        self._rewards[done] = 0
+        return self._observe(obs), rewards, dones, infos
+
+    def _observe(self, obs: Any) -> dict[str, np.ndarray]:
+        out = dict(obs) if self._is_dict else {"obs": obs}
+        out["prev_action"] = self._actions.copy()
+        out["prev_reward"] = self._rewards.copy()
+        return out
+
+    def _single(self, obs: Any, i: int) -> dict[str, np.ndarray]:
+        out = dict(obs) if self._is_dict else {"obs": obs}
+        out["prev_action"] = self._actions[i].copy()
+        out["prev_reward"] = self._rewards[i].copy()
+        return out
+
+
+def action_reward_space(observation_space: spaces.Space, action_space: spaces.Space) -> spaces.Dict:
+    """The observation space :class:`PreviousActionReward` makes of ``observation_space``.
+
+    Raises:
+        ValueError: see :class:`PreviousActionReward`.
+    """
+    if isinstance(observation_space, spaces.Dict):
+        clash = [k for k in PreviousActionReward.KEYS if k in observation_space.spaces]
+        if clash:
+            raise ValueError(f"the observation already has the keys {clash}: the previous action and reward are "
+                             "there already; do not wrap it with PreviousActionReward again")  # fmt: skip
+        parts = dict(observation_space.spaces)
+    else:
+        parts = {"obs": observation_space}
+    parts["prev_action"] = _action_encoding(action_space)[1]
+    parts["prev_reward"] = spaces.Box(-np.inf, np.inf, (1,), np.float32)
+    return spaces.Dict(parts)
+
+
+def with_action_reward(observation: Any, action_space: spaces.Space, action: Any, reward: float | None) -> dict:
+    """One env's observation as :class:`PreviousActionReward` gives it (``action`` ``None``: an episode's start)."""
+    out = dict(observation) if isinstance(observation, dict) else {"obs": observation}
+    size = _action_encoding(action_space)[0]
+    out["prev_action"] = (
+        np.zeros(size, np.float32) if action is None else _encode_actions(action_space, np.asarray(action)[None], 1)[0]
+    )
+    out["prev_reward"] = np.array([0.0 if reward is None else reward], np.float32)
+    return out
+
+
+def _action_encoding(space: spaces.Space) -> tuple[int, spaces.Box]:
+    """Entries and ``Box`` space of an encoded action (see :class:`PreviousActionReward`)."""
+    if isinstance(space, spaces.Discrete):
+        n = int(space.n)
+        return n, spaces.Box(0.0, 1.0, (n,), np.float32)
+    if isinstance(space, spaces.MultiDiscrete):
+        n = int(np.sum(space.nvec))
+        return n, spaces.Box(0.0, 1.0, (n,), np.float32)
+    if isinstance(space, spaces.MultiBinary):
+        n = int(np.prod(space.shape))
+        return n, spaces.Box(0.0, 1.0, (n,), np.float32)
+    if isinstance(space, spaces.Box):
+        n = int(np.prod(space.shape))
+        low = np.broadcast_to(space.low, space.shape).reshape(-1).astype(np.float32)
+        high = np.broadcast_to(space.high, space.shape).reshape(-1).astype(np.float32)
+        return n, spaces.Box(np.minimum(low, 0), np.maximum(high, 0), (n,), np.float32)  # zeros (no action) inside
+    raise ValueError(f"PreviousActionReward cannot encode {type(space).__name__} actions ({space}); supported: Box, "
+                     "Discrete, MultiDiscrete, MultiBinary")  # fmt: skip
+
+
+def _encode_actions(space: spaces.Space, actions: np.ndarray, n_envs: int) -> np.ndarray:
+    """``[n_envs, A]`` float32 encodings of a batch of actions."""
+    actions = np.asarray(actions)
+    if isinstance(space, spaces.Discrete):
+        index = actions.reshape(n_envs).astype(np.int64) - int(space.start)
+        return np.eye(int(space.n), dtype=np.float32)[index]
+    if isinstance(space, spaces.MultiDiscrete):
+        nvec = space.nvec.reshape(-1)
+        values = actions.reshape(n_envs, -1).astype(np.int64) - np.asarray(space.start).reshape(-1)
+        return np.concatenate([np.eye(int(k), dtype=np.float32)[values[:, i]] for i, k in enumerate(nvec)], axis=1)
+    return actions.reshape(n_envs, -1).astype(np.float32)
