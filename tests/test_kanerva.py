@@ -157,8 +157,10 @@ def test_elbo_terms_match_closed_forms():
     torch.testing.assert_close(terms["kl_z"].double(), kl_z, rtol=2e-2, atol=1e-2)
 
 
-def test_meta_gradients_reach_every_parameter_and_training_ignores_the_queries():
-    memory = tiny_dkm()
+@pytest.mark.parametrize("noise_std", [1.0, 0.0])  # fixed σ_ξ, and learned
+def test_meta_gradients_reach_every_parameter_and_training_ignores_the_queries(noise_std):
+    memory = tiny_dkm(obs_noise_std=noise_std)
+    assert hasattr(memory, "log_noise_std") == (noise_std == 0)
     patterns = sample_patterns(2, 4, 6, generator=torch.Generator().manual_seed(7))
     torch.manual_seed(0)
     out = memory(patterns, -patterns)
@@ -181,4 +183,4 @@ def test_slots_fill_the_budget_with_the_mean_and_the_symmetric_covariance():
     with pytest.raises(ValueError, match="no memory row"):
         build_memory("dkm", dim=16, budget=10)
     with pytest.raises(ValueError, match="obs_noise_std"):
-        build_memory("dkm", dim=16, budget=136, obs_noise_std=0.0)
+        build_memory("dkm", dim=16, budget=136, obs_noise_std=-1.0)

@@ -31,14 +31,15 @@ Choices where the papers leave room (after the authors' public memory module, re
 * Patterns are written one at a time, each addressed against the memory as it is after the previous ones, as in
   the DKM's sequential update; a chunked write therefore equals a whole write. Codes are written as the encoder's
   means, not samples, so a written state is deterministic.
-* ``σ_ξ`` is fixed (``obs_noise_std``, 1 as in the authors' module), ``σ_w`` of the prior is 1; ``R₀``, the prior
-  variance ``σ₀²`` and the posterior std ``σ_w`` of ``q(w)`` (start 0.3) are learned.
+* ``σ_ξ`` is fixed (``obs_noise_std``, 1 as in the authors' module; 0 learns it), ``σ_w`` of the prior is 1;
+  ``R₀``, the prior variance ``σ₀²`` and the posterior std ``σ_w`` of ``q(w)`` (start 0.3) are learned.
 * The memory KL is the exact matrix-normal KL (the authors' module keeps the diagonal of ``U`` only); its
   ``log det U`` comes from the determinant lemma along the writes (``log det U`` falls by ``log(s/σ_ξ²)`` per
   write), which stays finite where a Cholesky factor of a nearly singular ``U`` would not.
 * The encoder and decoder are the shared :class:`~ebmm_rl.baselines.codec.Codec` with ``tanh`` + linear maps to
   the Gaussian code ``(μ, log σ²)`` and back, as in :class:`~ebmm_rl.baselines.VariationalAutoencoder`.
-* Reading uses the means (of ``M``, ``w`` and the decoder), so a read is deterministic.
+* Reading uses the means (of ``M``, ``w`` and the decoder), so a read is deterministic; each read feeds the
+  decoder's Bernoulli means back to the encoder.
 
 Memory size: what a written state holds per episode, counted as ``docs/baselines.md`` counts the others (free
 values of a symmetric matrix, as for the Hopfield weights and the plasticity trace): the mean ``K·C`` and the
