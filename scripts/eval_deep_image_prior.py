@@ -135,14 +135,16 @@ def main(args: Args) -> dict:
     for first in range(0, args.images, args.fit_batch):
         part = slice(first, first + args.fit_batch)
         retrieved = memory.recall(queries[None, part], NoState(1), None if known is None else known[None, part])
-        scores.append(retrieval_errors(retrieved[0], patterns[part], binary).double().cpu())  # [n]
+        scores.append(retrieval_errors(retrieved, patterns[None, part], binary)[0].double().cpu())  # [n]
         done = min(first + args.fit_batch, args.images)
         print(f"{done}/{args.images} images: mean so far {torch.cat(scores).mean():.2f} "
               f"({time.process_time() - start_cpu:.0f} CPU-s)", flush=True)  # fmt: skip
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     dip = torch.cat(scores)
-    no_retrieval = retrieval_errors(queries, patterns, binary).double().cpu()
-    constant = retrieval_errors(constant_image(test.images, binary).expand_as(patterns), patterns, binary)
+    no_retrieval = retrieval_errors(queries[None], patterns[None], binary)[0].double().cpu()  # [images]
+    constant = retrieval_errors(constant_image(test.images, binary).expand_as(patterns)[None], patterns[None], binary)[
+        0
+    ]
     metric = metric_name(binary)
     setting = (
         f"{test.name} test, {metric}, {args.images} images (first of episodes of N={args.num_patterns}, seed "

@@ -111,8 +111,11 @@ def test_registry_entry_and_bad_settings():
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def fake_data(data_dir, name, split, mnist_dir=None):  # 12 binary 16x16 images instead of the Omniglot files
-    images = (torch.rand(12, 1, 16, 16, generator=torch.Generator().manual_seed(len(split))) > 0.5).float()
+def fake_data(data_dir, name, split, mnist_dir=None):  # 12 small images instead of the data set's files
+    generator = torch.Generator().manual_seed(len(split))
+    if name == "cifar10":  # colour, continuous
+        return ImageDataset(torch.rand(12, 3, 16, 16, generator=generator), torch.arange(12) % 3, name, split)
+    images = (torch.rand(12, 1, 16, 16, generator=generator) > 0.5).float()
     return ImageDataset(images, torch.arange(12) % 3, name, split, binary=True)
 
 
@@ -124,12 +127,14 @@ def test_script_fits_the_first_images_of_the_scored_episodes(tmp_path, monkeypat
         dataset="omniglot", images=5, num_patterns=3, episodes_per_pass=1, fit_batch=2, steps=3, width=2, depth=2,
         out_dir=str(tmp_path), device="cpu",
     )  # fmt: skip
-    summary = script.main(args)
-    assert summary["told"] and len(summary["scores"]) == 5  # block noise: told where the block is
-    test = fake_data(None, "omniglot", "test")
-    sampler = make_sampler(test, query_distortion(test, "block"), 1, 3)
-    first_episode = episode_errors(None, sampler, 1, seed=0)  # eval_distortion_rate.py's first episode
-    torch.testing.assert_close(torch.tensor(summary["no_retrieval"][:3], dtype=torch.float64).mean(), first_episode[0])
+    for dataset in ("cifar10", "omniglot"):  # one error per image, summed over channels on colour images
+        summary = script.main(dataclasses.replace(args, dataset=dataset))
+        assert summary["told"] and len(summary["scores"]) == len(summary["no_retrieval"]) == 5  # told the block
+        test = fake_data(None, dataset, "test")
+        sampler = make_sampler(test, query_distortion(test, "block"), 1, 3)
+        first_episode = episode_errors(None, sampler, 1, seed=0)  # eval_distortion_rate.py's first episode
+        no_retrieval = torch.tensor(summary["no_retrieval"][:3], dtype=torch.float64)
+        torch.testing.assert_close(no_retrieval.mean(), first_episode[0])
     out = capsys.readouterr().out
     assert "| Deep Image Prior, 3 Adam steps" in out and "| blank image |" in out
     assert (tmp_path / "deep_image_prior.md").is_file()
