@@ -2,7 +2,7 @@
 
 * :data:`PAPER_POINTS`: the retrieval errors the paper prints as numbers (Table 3: EBMM on Omniglot batches of 32
   images at 4K and 5K memory; Table 2: the memory-free denoising auto-encoder and VAE under block and
-  salt-and-pepper noise). Its figures give no numbers.
+  salt-and-pepper noise, and the Deep Image Prior on ImageNet). Its figures give no numbers.
 * :func:`markdown_table`: a GitHub table from rows of values.
 * :func:`plot_errors`: error against a setting (memory size, noise level) with a 5–95 percentile band and the
   paper's points as labelled markers or lines.
@@ -73,6 +73,8 @@ PAPER_POINTS = (
     PaperPoint("cifar10", "paper DAE (no memory)", 8.82, None, None, "Table 2", "salt_pepper"),
     PaperPoint("omniglot", "paper VAE (no memory)", 84.08, None, None, "Table 2", "salt_pepper"),
     PaperPoint("cifar10", "paper VAE (no memory)", 430.33, None, None, "Table 2", "salt_pepper"),
+    PaperPoint("imagenet64", "paper Deep Image Prior (no memory, told the block)", 170.36, None, None, "Table 2"),
+    PaperPoint("imagenet64", "paper Deep Image Prior (no memory)", 467.92, None, None, "Table 2", "salt_pepper"),
 )
 """The paper's numeric errors, under its main distortion (a random block of a quarter of the image) unless
 ``noise`` says otherwise (Table 2's 15 % salt-and-pepper rows).

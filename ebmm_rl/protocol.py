@@ -122,8 +122,12 @@ MEMORIES: dict[str, MemoryEntry] = {
     "mann": _baseline_entry(bl.MANN, "MANN", "memory", "Santoro et al. (2016)"),
     "lstm": _baseline_entry(bl.LSTMMemory, "LSTM", "memory", "Hochreiter & Schmidhuber (1997)"),
     "plasticity": _baseline_entry(bl.PlasticityMemory, "differentiable plasticity", "memory", "Miconi et al. (2018)"),
+    "dkm": _baseline_entry(bl.DynamicKanervaMachine, "Dynamic Kanerva Machine", "memory", "Wu et al. (2018)"),
     "dae": _baseline_entry(bl.DenoisingAutoencoder, "denoising auto-encoder", "non-memory", "App. A.3"),
     "vae": _baseline_entry(bl.VariationalAutoencoder, "VAE", "non-memory", "App. A.3"),
+    "deep_image_prior": _baseline_entry(
+        bl.DeepImagePrior, "Deep Image Prior", "non-memory", "Ulyanov et al. (2018)", trainable=False
+    ),
     "modern_hopfield": _baseline_entry(
         bl.ModernHopfield, "modern Hopfield", "reference", "Ramsauer et al. (2020)", trainable=False
     ),

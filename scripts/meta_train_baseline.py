@@ -1,8 +1,8 @@
 """Meta-train a baseline memory on random binary patterns (paper App. A.2, Table 1 rows) or on images (§4).
 
 Any trainable memory of :data:`ebmm_rl.protocol.MEMORIES` (``memnet``, ``mann``, ``lstm``, ``plasticity``,
-``dae``, ``vae``; ``ebmm_rnn`` too, though ``scripts/meta_train_binary.py`` has its tuned options) is built at
-the memory budget, trained by :class:`~ebmm_rl.training.MetaTrainer` on batches whose ``N`` is drawn from
+``dkm``, ``dae``, ``vae``; ``ebmm_rnn`` too, though ``scripts/meta_train_binary.py`` has its tuned options) is built
+at the memory budget, trained by :class:`~ebmm_rl.training.MetaTrainer` on batches whose ``N`` is drawn from
 ``--num-patterns``, and checkpointed for ``scripts/eval_binary.py --model NAME=run/checkpoint.pt``::
 
     python scripts/meta_train_baseline.py --model memnet --time-limit-min 6 --run-root /work/runs_base
@@ -40,7 +40,7 @@ class Args:
     """Meta-training of a baseline memory on random ±1 patterns."""
 
     model: str = "memnet"
-    """registered memory to train (ebmm_rl.protocol.MEMORIES): memnet, mann, lstm, plasticity, dae, vae"""
+    """registered memory to train (ebmm_rl.protocol.MEMORIES): memnet, mann, lstm, plasticity, dkm, dae, vae"""
     set: list[str] = field(default_factory=list)
     """config overrides KEY=VALUE (Python literals), e.g. read_steps=3"""
     num_patterns: list[int] = field(default_factory=lambda: list(TABLE1_NUM_PATTERNS))

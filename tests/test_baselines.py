@@ -103,6 +103,8 @@ def test_baselines_use_the_resnet_codec_on_images(name):
     overrides = {"data_shape": (1, 8, 8), "data_range": (0.0, 1.0), "channels": 4}
     if name == "vae":
         overrides["read_steps"] = 2
+    if name == "deep_image_prior":
+        overrides["steps"] = 2
     memory = build_memory(name, budget=1024, **overrides)
     images = torch.rand(2, 3, 1, 8, 8)
     queries = images.clone()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ebmm_rl.baselines import (
+    DKMState,
     LSTMState,
     MANNState,
     NoState,
@@ -20,7 +21,11 @@ from ebmm_rl.protocol import MEMORIES, AssociativeMemory, build_memory
 from ebmm_rl.training import MetaTrainer, TrainConfig
 
 DIM, BUDGET = 16, 16 * 15 // 2 + 16  # the Hopfield budget for 16 bits: 136
-TINY = {"ebmm_rnn": {"hidden_size": 32, "hops": 2, "write_steps": 2, "read_steps": 2}, "vae": {"read_steps": 5}}
+TINY = {
+    "ebmm_rnn": {"hidden_size": 32, "hops": 2, "write_steps": 2, "read_steps": 2},
+    "vae": {"read_steps": 5},
+    "deep_image_prior": {"steps": 3, "width": 4},
+}
 """Overrides that keep the tiny models fast."""
 
 PAPER_SIZES = {
@@ -32,8 +37,10 @@ PAPER_SIZES = {
     "mann": 8190,  # 63 slots × 128 + 63 read weights + 63 usage weights
     "lstm": 8256,  # h and c, 4128 each
     "plasticity": 8256,  # 128 · 127 / 2 trace entries + 128 activations
+    "dkm": 8215,  # 53 rows × 128 mean + 53 · 54 / 2 symmetric row covariance
     "dae": 0,
     "vae": 0,
+    "deep_image_prior": 0,
     "modern_hopfield": 8192,  # 64 stored patterns × 128
 }
 TINY_SIZES = {
@@ -45,8 +52,10 @@ TINY_SIZES = {
     "mann": 126,  # 7 × 16 + 7 + 7
     "lstm": 136,  # 68 + 68
     "plasticity": 136,  # 16 · 15 / 2 + 16
+    "dkm": 117,  # 6 × 16 + 6 · 7 / 2
     "dae": 0,
     "vae": 0,
+    "deep_image_prior": 0,
     "modern_hopfield": 128,  # 8 × 16
 }
 TRAINABLE = [name for name, entry in MEMORIES.items() if entry.trainable]
@@ -83,6 +92,11 @@ def written_floats(state) -> int:
         assert bool((hebb.diagonal() == 0).all())
         n = hebb.shape[0]
         return n * (n - 1) // 2 + state.activation[0].numel()
+    if isinstance(state, DKMState):
+        cov = state.cov[0]
+        torch.testing.assert_close(cov, cov.T)  # symmetric: only k(k+1)/2 free values
+        k = cov.shape[0]
+        return state.mean[0].numel() + k * (k + 1) // 2
     if isinstance(state, NoState):
         return 0
     raise AssertionError(f"unknown state type {type(state).__name__}")
@@ -182,7 +196,7 @@ def test_mismatched_state_or_mask_raises(name):
         memory.recall(queries, state, known.float())
 
 
-@pytest.mark.parametrize("name", ["memnet", "mann", "lstm", "plasticity", "modern_hopfield", "dae"])
+@pytest.mark.parametrize("name", ["memnet", "mann", "lstm", "plasticity", "dkm", "modern_hopfield", "dae"])
 def test_chunked_writing_continues_the_state(name):
     memory = tiny(name)
     patterns, queries, known = batch(num_patterns=6)

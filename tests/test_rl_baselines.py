@@ -61,7 +61,7 @@ def extractor(env: gym.Env, name: str, **kwargs) -> MemoryExtractor:
 
 def small_memory(name: str, dim: int = 8) -> nn.Module:
     torch.manual_seed(0)
-    overrides = dict(read_steps=2) if name == "vae" else {}
+    overrides = {"vae": dict(read_steps=2), "deep_image_prior": dict(steps=3, width=4)}.get(name, {})
     budget = 36 if name == "plasticity" else 4 * (dim + 2)  # 8 neurons, 4-5 slots: 7 patterns overwrite some
     return build_memory(name, dim=dim, budget=budget, **overrides)
 
