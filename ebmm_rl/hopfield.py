@@ -57,7 +57,7 @@ episodes, seed 0; mean error bits for N = 16/32/48/64/96, paper values in bracke
     pseudo-inverse 0.0/1.1/7.1/22.9 (N = 64 further from the paper).
 
   The default protocol (exactly 64 random bits, the paper's "corrupt half of the bits") is kept: it is the one
-  DESIGN.md records, and no variant reproduces all fifteen cells.
+  docs/design.md records, and no variant reproduces all fifteen cells.
 """
 
 from __future__ import annotations

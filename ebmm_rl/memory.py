@@ -52,7 +52,7 @@ class EBMMConfig:
             double-backward pass per write step).
         max_prior_step: stability guard: the shrink factor ``2·η_β·β`` that the prior term applies to
             ``θ − θ̄`` in one write step is capped here (it must stay below 1, or the step overshoots θ̄ and
-            writing diverges; DESIGN.md). ``tanh`` keeps the cap smooth.
+            writing diverges; docs/design.md, "Stability guards"). ``tanh`` keeps the cap smooth.
         read_step_init: initial first read step size ``γ⁽¹⁾``.
         read_step_max: stability guard: ``γ⁽¹⁾ = read_step_max · σ(·)`` never exceeds this.
         read_decay_init: initial ``σ(η⁽ᵏ⁾)``, the factor between consecutive step sizes (App. B.3).
@@ -239,7 +239,7 @@ class EBMMemory(nn.Module):
       grow with ``N``; in chunked writing the average is over the chunk.
     * App. B.2 writes ``x⁽ᵏ⁾ = project(v⁽ᵏ⁾)``, which would drop ``x⁽ᵏ⁻¹⁾``; we read it as the usual Nesterov
       update ``x⁽ᵏ⁾ = project(x⁽ᵏ⁻¹⁾ + v⁽ᵏ⁾)``, with ``v⁽⁰⁾ = 0``.
-    * ``ψ⁽¹⁾ = σ(·)`` and ``γ⁽¹⁾ = read_step_max · σ(·)``: both bounded (a stability guard, DESIGN.md).
+    * ``ψ⁽¹⁾ = σ(·)`` and ``γ⁽¹⁾ = read_step_max · σ(·)``: both bounded (a stability guard, docs/design.md).
     * Known (clamped) dimensions get zero gradient and are reset to the query after each projection, so they
       never change.
 

@@ -9,7 +9,7 @@ The trainer samples a batch ``(patterns, queries, known_mask)`` from a user samp
 ``torch.Generator`` (so a resumed run draws exactly the batches an uninterrupted one would), writes and reads
 it, and takes an AdamW step on the step-wise reconstruction loss.
 
-Divergence guards (DESIGN.md: the binary model diverged without them): a step whose loss or gradient norm is
+Divergence guards (docs/design.md: the binary model diverged without them): a step whose loss or gradient norm is
 non-finite, or whose gradient norm exceeds ``skip_grad_norm``, is skipped and counted (TensorBoard
 ``meta/skipped_steps``); after ``max_consecutive_skips`` skips in a row (rollbacks in between do not reset the
 count), when a rollback would exceed ``max_rollbacks``, or once more than ``max_skipped_fraction`` of the run's

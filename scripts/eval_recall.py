@@ -65,6 +65,8 @@ class Args:
     """LSTM units"""
     gru_hidden: int = 256
     """GRU units"""
+    core: str = "{}"
+    """ebmm: CoreConfig fields overriding its defaults, as JSON (``--core '{"hidden_size": 32}'``)"""
     seed: int = 0
     """seed of the initialisation and the data"""
     threads: int = 1
@@ -108,9 +110,9 @@ def make_batch(task: str, batch: int, length: int, symbols: int, generator: torc
 class CoreModel(nn.Module):
     """The memory core through its real ``unroll``, and a linear head."""
 
-    def __init__(self, row_size: int, classes: int) -> None:
+    def __init__(self, row_size: int, classes: int, config: CoreConfig = CoreConfig()) -> None:
         super().__init__()
-        self.core = MemoryCore(row_size, CoreConfig())
+        self.core = MemoryCore(row_size, config)
         self.head = nn.Linear(self.core.features_dim, classes)
 
     def forward(self, rows: Tensor, clock: Tensor) -> Tensor:
@@ -147,7 +149,7 @@ class RecurrentModel(nn.Module):
 def build(model: str, row_size: int, classes: int, args: Args) -> nn.Module:
     """One model of ``--models``."""
     if model == "ebmm":
-        return CoreModel(row_size, classes)
+        return CoreModel(row_size, classes, CoreConfig.build(**json.loads(args.core)))
     return RecurrentModel(model, row_size, args.lstm_hidden if model == "lstm" else args.gru_hidden, classes)
 
 
@@ -219,6 +221,11 @@ def check(args: Args) -> None:
             usage_error(f"--{name.replace('_', '-')} is too small: {getattr(args, name)}")
     if not args.lr > 0:
         usage_error(f"--lr must be positive, got {args.lr}")
+    try:
+        fields = json.loads(args.core)
+        CoreConfig.build(**fields)
+    except (TypeError, ValueError) as error:  # json.JSONDecodeError is a ValueError
+        usage_error(f"--core must be a JSON object of CoreConfig fields: {error}")
 
 
 def main(args: Args) -> list[dict[str, float]]:

@@ -730,3 +730,25 @@ def test_pretrained_core_travels_inside_model_zip(tmp_path):
     out = subprocess.run(evaluate, capture_output=True, text=True, timeout=300, cwd=root)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "mean return" in out.stdout
+
+
+@pytest.mark.parametrize("critic_gradient", [False, True])
+def test_the_value_loss_trains_the_core_only_when_asked(critic_gradient):
+    """``critic_gradient=False`` (the default): the value head learns, the memory core gets no gradient from it."""
+    env = SpaceEnv(SPACES["box"], length=6)
+    kwargs = dict(memory=SMALL, critic_gradient=critic_gradient)
+    policy = RecurrentPPO(EBMMRecurrentPolicy, env, policy_kwargs=kwargs, seed=0, **TINY).policy
+    obs = torch.as_tensor(np.stack([env.observation_space.sample() for _ in range(4)]))
+    state = (torch.zeros(1, 1, policy.state_size),) * 2
+    from sb3_contrib.common.recurrent.type_aliases import RNNStates
+
+    values, log_prob, _ = policy.evaluate_actions(obs, torch.zeros(4), RNNStates(state, state), torch.zeros(4))
+    policy.zero_grad()
+    values.sum().backward(retain_graph=True)
+    core_grad = sum(float(p.grad.abs().sum()) for p in policy.core.parameters() if p.grad is not None)
+    value_grad = float(policy.value_net.weight.grad.abs().sum())
+    assert value_grad > 0
+    assert (core_grad > 0) == critic_gradient
+    policy.zero_grad()
+    log_prob.sum().backward()  # the actor's loss always reaches the core
+    assert sum(float(p.grad.abs().sum()) for p in policy.core.parameters() if p.grad is not None) > 0

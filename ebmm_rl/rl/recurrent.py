@@ -145,6 +145,7 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
         core: MemoryCore | str | os.PathLike | None = None,
         bptt_steps: int | None = None,
         aux_coef: float = 0.0,
+        critic_gradient: bool = False,
     ) -> None:
         if bptt_steps is not None and (
             isinstance(bptt_steps, bool) or not isinstance(bptt_steps, int) or bptt_steps < 1
@@ -180,6 +181,7 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
         object.__setattr__(self, "_given_core", core)  # a module, kept aside until _build_mlp_extractor registers it
         self.bptt_steps = bptt_steps
         self.aux_coef = float(aux_coef)
+        self.critic_gradient = bool(critic_gradient)
         # RecurrentActorCriticPolicy.__init__ would build LSTMs; only ActorCriticPolicy's set-up is wanted.
         ActorCriticPolicy.__init__(
             self,
@@ -378,7 +380,9 @@ class EBMMRecurrentPolicy(RecurrentActorCriticPolicy):
             step_states = (lstm_states.vf[0], lstm_states.vf[1])
             valid = lstm_states.vf[2] if len(lstm_states.vf) > 2 else None
         features, _ = self.unroll(obs, lstm_states.pi, episode_starts, step_states, valid)
-        latent_pi, latent_vf = self.mlp_extractor(features)
+        latent_pi = self.mlp_extractor.forward_actor(features)
+        # the value loss trains the critic's head only, as sb3-contrib does for a shared LSTM (shared_lstm=True)
+        latent_vf = self.mlp_extractor.forward_critic(features if self.critic_gradient else features.detach())
         distribution = self._get_action_dist_from_latent(latent_pi)
         if isinstance(self.action_space, spaces.MultiBinary):  # the recurrent buffer hands them over as int8
             actions = actions.float()
