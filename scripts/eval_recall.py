@@ -110,9 +110,9 @@ def make_batch(task: str, batch: int, length: int, symbols: int, generator: torc
 class CoreModel(nn.Module):
     """The memory core through its real ``unroll``, and a linear head."""
 
-    def __init__(self, row_size: int, classes: int, config: CoreConfig = CoreConfig()) -> None:
+    def __init__(self, row_size: int, classes: int, config: CoreConfig | None = None) -> None:
         super().__init__()
-        self.core = MemoryCore(row_size, config)
+        self.core = MemoryCore(row_size, config or CoreConfig())
         self.head = nn.Linear(self.core.features_dim, classes)
 
     def forward(self, rows: Tensor, clock: Tensor) -> Tensor:
