@@ -11,8 +11,9 @@ an update whose rollout holds a history of the full ``L - 1`` rows)::
     python scripts/bench_scaling.py --lengths 8 32 --routes ebmm-recurrent lstm
 
 Routes: ``ebmm`` (PPO + ``EBMMExtractor`` over ``EpisodeMemoryWrapper(max_patterns=L)``: the whole episode in the
-window), ``ebmm-recurrent`` (RecurrentPPO + ``EBMMRecurrentPolicy``: gradients through every write of a sequence),
-``ebmm-recurrent-tbptt`` (``EBMMRecurrentPPO``, ``bptt_steps=1``), ``lstm`` (RecurrentPPO, 64 LSTM units). Same PPO
+window), ``ebmm-recurrent`` (``EBMMRecurrentPPO`` at its defaults: gradients through the writes of each
+truncation window, rebuilt from the stored states), ``ebmm-recurrent-whole`` (the same, gradients through every
+write of a minibatch sequence), ``lstm`` (RecurrentPPO, 64 LSTM units). Same PPO
 settings for all: 8 envs in this process, ``--n-steps`` steps per env per rollout, minibatch ``--batch-size``,
 ``--n-epochs`` epochs; the memory is the ``agents.train`` default.
 """
@@ -33,7 +34,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 import envs  # noqa: F401  (registers the ids)
 from ebmm_rl.cli import usage_error
 
-ROUTES = ("ebmm", "ebmm-recurrent", "ebmm-recurrent-tbptt", "lstm")
+ROUTES = ("ebmm", "ebmm-recurrent", "ebmm-recurrent-whole", "lstm")
 
 
 @dataclass
@@ -43,7 +44,7 @@ class Args:
     lengths: tuple[int, ...] = (8, 32, 128)
     """episode lengths L (at most 200, Pendulum's own limit)"""
     routes: tuple[str, ...] = ROUTES
-    """routes to time, among ebmm, ebmm-recurrent, ebmm-recurrent-tbptt, lstm"""
+    """routes to time, among ebmm, ebmm-recurrent, ebmm-recurrent-whole, lstm"""
     steps: int = 1024
     """environment steps timed per (L, route), after a warm-up of one rollout"""
     n_envs: int = 8
@@ -78,7 +79,7 @@ def build(route: str, length: int, args: Args):  # noqa: ANN201  (an SB3 model)
     from sb3_contrib import RecurrentPPO
     from stable_baselines3 import PPO
 
-    from ebmm_rl import EBMMPolicy, EBMMRecurrentPolicy, EpisodeMemoryWrapper
+    from ebmm_rl import EBMMPolicy, EpisodeMemoryWrapper
     from ebmm_rl.rl.recurrent import EBMMRecurrentPPO
 
     def make() -> gym.Env:
@@ -91,9 +92,9 @@ def build(route: str, length: int, args: Args):  # noqa: ANN201  (an SB3 model)
     if route == "ebmm":
         return PPO(EBMMPolicy, env, **kw)
     if route == "ebmm-recurrent":
-        return RecurrentPPO(EBMMRecurrentPolicy, env, **kw)
-    if route == "ebmm-recurrent-tbptt":
-        return EBMMRecurrentPPO(EBMMRecurrentPolicy, env, policy_kwargs=dict(bptt_steps=1), **kw)
+        return EBMMRecurrentPPO(env=env, **kw)
+    if route == "ebmm-recurrent-whole":
+        return EBMMRecurrentPPO(env=env, policy_kwargs=dict(bptt_steps=None), **kw)
     return RecurrentPPO("MlpLstmPolicy", env, policy_kwargs=dict(lstm_hidden_size=64), **kw)
 
 

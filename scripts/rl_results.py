@@ -203,6 +203,7 @@ def run_one(
     start, cpu_start = time.perf_counter(), time.process_time()
     model.learn(steps)
     train_seconds = time.perf_counter() - start
+    train_cpu_seconds = time.process_time() - cpu_start
     eval_env = make_env(train_args, n_envs=1, seed=seed + 10_000)
     start = time.perf_counter()
     returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=eval_episodes, deterministic=True,
@@ -222,7 +223,9 @@ def run_one(
         train_seconds=train_seconds,
         eval_seconds=eval_seconds,
         cpu_seconds=cpu_seconds,
+        train_cpu_seconds=train_cpu_seconds,
         steps_per_s=model.num_timesteps / train_seconds,
+        steps_per_cpu_s=model.num_timesteps / train_cpu_seconds,
         train_args=asdict(train_args),
         finished=time.strftime("%Y-%m-%d %H:%M:%S"),
     )

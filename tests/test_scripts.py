@@ -112,12 +112,12 @@ def test_bench_memory_prints_the_table():
 
 
 def test_bench_scaling_prints_one_row_per_route_and_length():
-    out = run("scripts/bench_scaling.py", "--lengths", "4", "8", "--routes", "ebmm-recurrent-tbptt", "lstm",
+    out = run("scripts/bench_scaling.py", "--lengths", "4", "8", "--routes", "ebmm-recurrent", "lstm",
               "--steps", "32", "--n-envs", "2", "--n-steps", "8", "--batch-size", "16", "--n-epochs", "1")  # fmt: skip
     rows = [
         line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ebmm") or line.startswith("| lstm")
     ]
-    assert [(r[0].strip(), int(r[1])) for r in rows] == [("ebmm-recurrent-tbptt", 4), ("ebmm-recurrent-tbptt", 8),
+    assert [(r[0].strip(), int(r[1])) for r in rows] == [("ebmm-recurrent", 4), ("ebmm-recurrent", 8),
                                                          ("lstm", 4), ("lstm", 8)]  # fmt: skip
     for r in rows:
         rollout, update, peak = float(r[2]), float(r[3]), float(r[5])
