@@ -12,7 +12,8 @@ over seeds), the chance level (best memoryless policy, exact) and the return of 
 
 The agent ``ebmm-recurrent-pre`` is ``ebmm-recurrent`` whose core starts from a checkpoint of
 ``scripts/meta_train_env.py`` for that env (``--meta-dir``/``env__<id>__0/best.pt``, pre-trained on the env's own
-episodes without labels); ``ebmm-recurrent-fast`` the smaller core; ``ebmm-old`` the design before key/value rows
+episodes without labels); ``ebmm-recurrent-fast`` the smaller core; ``ebmm-recurrent-whole`` gradients through
+whole sequences; ``ebmm-recurrent-aux`` the auxiliary loss; ``ebmm-old`` the design before key/value rows
 (:data:`OLD_AGENT`: its runs come from that revision)::
 
     python scripts/rl_results.py --agents mlp lstm ebmm-recurrent ebmm-recurrent-pre --meta-dir /work/runs_rl/meta
@@ -66,8 +67,8 @@ class Args:
     envs: tuple[str, ...] = MEDIUM
     """environment ids (one table row each)"""
     agents: tuple[str, ...] = ("mlp", "frame-stack", "lstm", "ebmm")
-    """agents: ``--memory`` choices of agents.train, or ebmm-recurrent-pre, ebmm-recurrent-fast, ebmm-old (one table
-    column each)"""
+    """agents: ``--memory`` choices of agents.train, or ebmm-recurrent-pre, ebmm-recurrent-fast,
+    ebmm-recurrent-whole, ebmm-recurrent-aux, ebmm-old (one table column each)"""
     seeds: tuple[int, ...] = (0, 1, 2)
     """seeds of agent and environments"""
     steps: int = 5000
@@ -128,6 +129,10 @@ PRETRAINED_AGENT = "ebmm-recurrent-pre"
 random-policy episodes, no labels) and keeps learning from the RL loss."""
 FAST_AGENT = "ebmm-recurrent-fast"
 """``ebmm-recurrent`` with the smaller core :data:`ebmm_rl.rl.FAST_CORE`."""
+WHOLE_AGENT = "ebmm-recurrent-whole"
+"""``ebmm-recurrent`` with gradients through every write of a minibatch sequence (``bptt_steps=None``)."""
+AUX_AGENT = "ebmm-recurrent-aux"
+"""``ebmm-recurrent`` with the label-free auxiliary loss (``aux_coef=1``)."""
 OLD_AGENT = "ebmm-old"
 """The recurrent agent of the design before key/value rows (rows = the encoded observation, reads without a clamped
 key, the prior's implicit forgetting), ``EBMMRecurrentPPO`` with ``bptt_steps=1`` at that design's defaults. Its
@@ -139,6 +144,8 @@ OLD_REVISION = "8723b79"
 DESCRIPTIONS = {
     PRETRAINED_AGENT: "EBMMRecurrentPPO, core pre-trained on the env's own episodes (no labels)",
     FAST_AGENT: "EBMMRecurrentPPO with the smaller FAST_CORE",
+    WHOLE_AGENT: "EBMMRecurrentPPO, gradients through the whole sequence (bptt_steps=None)",
+    AUX_AGENT: "EBMMRecurrentPPO with the label-free auxiliary loss (aux_coef=1)",
     OLD_AGENT: f"the design before key/value rows (revision {OLD_REVISION}), EBMMRecurrentPPO, bptt_steps=1",
 }
 
@@ -168,6 +175,10 @@ def agent_args(env_id: str, agent: str, meta_dir: str | Path = "runs") -> dict[s
     if agent == FAST_AGENT:
         fields = {k: v for k, v in FAST_CORE.items() if k != "ebmm"}
         return dict(memory="ebmm-recurrent", **fields, **FAST_CORE["ebmm"])
+    if agent == WHOLE_AGENT:
+        return dict(memory="ebmm-recurrent", bptt_steps=None)
+    if agent == AUX_AGENT:
+        return dict(memory="ebmm-recurrent", aux_coef=1.0)
     if agent == OLD_AGENT:
         raise FileNotFoundError(
             f"{agent} runs with the code of revision {OLD_REVISION}: git worktree add /tmp/old {OLD_REVISION}, run its "

@@ -71,6 +71,20 @@ def test_the_fast_agent_trains_the_fast_core_with_ebmm_recurrent_ppo():
     assert (core.memory.config.write_steps, core.memory.config.read_steps) == (2, 2)
 
 
+@pytest.mark.parametrize(("agent", "bptt_steps", "aux_coef"), [("ebmm-recurrent-whole", None, 0.0),
+                                                               ("ebmm-recurrent-aux", 8, 1.0)])  # fmt: skip
+def test_the_ablation_agents_change_one_setting(agent, bptt_steps, aux_coef):
+    from dataclasses import replace
+
+    from agents.train import Args, build_model, make_env
+
+    fields = rl_results.agent_args("ebmm/CartPole-NoVel-v1", agent)
+    args = replace(Args(), env="ebmm/CartPole-NoVel-v1", n_steps=16, batch_size=16, n_epochs=1, n_envs=2,
+                   vec_env="dummy", **fields)  # fmt: skip
+    policy = build_model(args, make_env(args)).policy
+    assert (policy.bptt_steps, policy.aux_coef) == (bptt_steps, aux_coef)
+
+
 def test_pretrained_agent_starts_from_the_env_checkpoint_and_the_old_design_says_where_it_runs(tmp_path):
     import torch
 

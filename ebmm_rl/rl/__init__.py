@@ -18,7 +18,13 @@ from ebmm_rl.rl.memory_extractor import MEMORY_FEATURE_PARTS, MemoryExtractor
 from ebmm_rl.rl.policy import EBMMPolicy
 from ebmm_rl.rl.recurrent import EBMMRecurrentPolicy, EBMMRecurrentPPO, RowsExtractor
 from ebmm_rl.rl.rows import SUPPORTED_SPACES, RowLayout
-from ebmm_rl.rl.wrappers import EpisodeMemoryWrapper, MultiBinaryToMultiDiscrete, PreviousActionReward, RowObservation
+from ebmm_rl.rl.wrappers import (
+    EpisodeMemoryWrapper,
+    MultiBinaryToMultiDiscrete,
+    OneHotCodes,
+    PreviousActionReward,
+    RowObservation,
+)
 
 __all__ = [
     "FAST_CORE",
@@ -35,6 +41,7 @@ __all__ = [
     "MemoryCore",
     "MemoryExtractor",
     "MultiBinaryToMultiDiscrete",
+    "OneHotCodes",
     "PreviousActionReward",
     "RowEncoder",
     "RowLayout",
