@@ -477,6 +477,7 @@ def test_previous_action_and_reward_by_hand():
     for _ in range(2):
         obs, rewards, dones, infos = venv.step(np.array([0, 1]))
     assert dones.all()  # the episodes end at step 3: the next observation starts a new episode, with zeros
+    np.testing.assert_array_equal(rewards, [3.5, 3.5])  # the last step's reward reaches the agent unchanged
     assert (obs["prev_action"] == 0).all() and (obs["prev_reward"] == 0).all()
     np.testing.assert_array_equal(infos[0]["terminal_observation"]["prev_action"], [1, 0])  # the last step's
     assert infos[0]["terminal_observation"]["prev_reward"] == [3.5]
@@ -493,7 +494,9 @@ def test_previous_action_and_reward_by_hand():
 
         wrapped = PreviousActionReward(Acting())  # a plain gym.Env is vectorised first
         wrapped.reset()
+        given = action.copy()
         np.testing.assert_allclose(wrapped.step(action)[0]["prev_action"][0], expected)
+        np.testing.assert_array_equal(action, given)  # the agent's actions (stored for PPO) stay as they were
     merged = PreviousActionReward(SpaceEnv(SPACES["dict"])).observation_space
     assert list(merged.spaces) == ["id", "image", "prev_action", "prev_reward", "vec"]  # a Dict keeps its keys
     with pytest.raises(ValueError, match="already has the keys"):
@@ -671,7 +674,7 @@ def test_memory_callback_logs_the_memory_tags(tmp_path):
         for tag in ("retention_half_life_min", "retention_half_life_max", "read_step_0", "read_momentum_0",
                     "write_lr_energy", "recall_value_error", "recall_value_error_start"):  # fmt: skip
             assert np.isfinite(first[f"memory/{tag}"]), (name, tag)
-        assert 3.9 < first["memory/retention_half_life_min"] < first["memory/retention_half_life_max"] < 260
+        assert 0 < first["memory/retention_half_life_min"] < first["memory/retention_half_life_max"]
         assert ("memory/cache_hit_rate" in first) == (name == "extractor")
     with pytest.raises(ValueError, match="holds no EBMM memory core"):
         PPO("MlpPolicy", SpaceEnv(SPACES["box"]), **TINY).learn(16, callback=MemoryLoggerCallback())

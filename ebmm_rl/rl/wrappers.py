@@ -455,7 +455,7 @@ class PreviousActionReward(VecEnvWrapper):
     def step_wait(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, list[dict]]:
         """Step; a finished env's next observation (its new episode's first) gets zeros."""
         obs, rewards, dones, infos = self.venv.step_wait()
-        self._rewards = np.asarray(rewards, np.float32).reshape(-1, 1)
+        self._rewards = np.array(rewards, np.float32).reshape(-1, 1)  # a copy: zeroing it below must not touch rewards
         for i, info in enumerate(infos):
             terminal = info.get("terminal_observation")
             if terminal is not None:
