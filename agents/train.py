@@ -93,7 +93,7 @@ from ebmm_rl.rl import (
     RowObservation,
 )
 from ebmm_rl.rl.callbacks import MemoryLoggerCallback
-from ebmm_rl.rl.core import MemoryCore
+from ebmm_rl.rl.core import HEAD_KINDS, MemoryCore
 from ebmm_rl.rl.wrappers import OneHotCodes, action_reward_space
 
 
@@ -192,9 +192,13 @@ class Args:
     value_size: int = 16
     """EBMM core: entries of a value"""
     heads: tuple[str, ...] = ("time", "content")
-    """EBMM core: query heads, each time (clamps the position), content (clamps the learned key) or key (both)"""
+    """EBMM core: query heads, each time (clamps the position), content (clamps the learned key), key (both) or first
+    (clamps the first-step flag: the episode's first row)"""
     write_gate: bool = False
     """EBMM core: learn a gate that scales each step's write"""
+    memory_prior: str | None = "auto"
+    """EBMM core: where its memory starts: auto (the shipped prior meta-trained for its sizes, if any), a prior file
+    of scripts/meta_train_prior.py, or None (fresh)"""
     hidden_size: int = 64
     """EBMM core: hidden size of its MLPEnergy"""
     dynamic_size: int = 32
@@ -394,7 +398,8 @@ def _core_kwargs(args: Args, saved: SavedCheckpoint | None = None) -> dict[str, 
             )
         return dict(core=core)
     ebmm = dict(write_steps=args.write_steps, read_steps=args.read_steps, use_grad_norm_term=args.grad_norm_term)
-    fields = ("embed_size", "key_size", "value_size", "heads", "write_gate", "encoder", "hidden_size", "dynamic_size")
+    fields = ("embed_size", "key_size", "value_size", "heads", "write_gate", "memory_prior", "encoder", "hidden_size",
+              "dynamic_size")  # fmt: skip
     return dict(memory=dict(ebmm=ebmm, **{name: getattr(args, name) for name in fields}))
 
 
@@ -909,9 +914,9 @@ def validate(args: Args) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if args.dynamic_size > args.hidden_size:
         raise UsageError(f"--dynamic-size ({args.dynamic_size}) must not exceed --hidden-size ({args.hidden_size})")
-    bad_heads = [h for h in args.heads if h not in ("time", "content", "key")]
+    bad_heads = [h for h in args.heads if h not in HEAD_KINDS]
     if not args.heads or bad_heads:
-        raise UsageError(f"--heads takes one or more of time, content, key; got {list(args.heads)}")
+        raise UsageError(f"--heads takes one or more of {', '.join(HEAD_KINDS)}; got {list(args.heads)}")
     if not args.aux_coef >= 0:
         raise UsageError(f"--aux-coef must be a number >= 0, got {args.aux_coef}")
     if args.bptt_steps is not None and args.bptt_steps < 1:

@@ -13,7 +13,8 @@ over seeds), the chance level (best memoryless policy, exact) and the return of 
 The agent ``ebmm-recurrent-pre`` is ``ebmm-recurrent`` whose core starts from a checkpoint of
 ``scripts/meta_train_env.py`` for that env (``--meta-dir``/``env__<id>__0/best.pt``, pre-trained on the env's own
 episodes without labels); ``ebmm-recurrent-fast`` the smaller core; ``ebmm-recurrent-whole`` gradients through
-whole sequences; ``ebmm-recurrent-aux`` the auxiliary loss; ``ebmm-old`` the design before key/value rows
+whole sequences; ``ebmm-recurrent-aux`` the auxiliary loss; ``ebmm-recurrent-fresh`` a fresh memory instead of
+the shipped prior; ``ebmm-old`` the design before key/value rows
 (:data:`OLD_AGENT`: its runs come from that revision)::
 
     python scripts/rl_results.py --agents mlp lstm ebmm-recurrent ebmm-recurrent-pre --meta-dir /work/runs_rl/meta
@@ -68,7 +69,7 @@ class Args:
     """environment ids (one table row each)"""
     agents: tuple[str, ...] = ("mlp", "frame-stack", "lstm", "ebmm")
     """agents: ``--memory`` choices of agents.train, or ebmm-recurrent-pre, ebmm-recurrent-fast,
-    ebmm-recurrent-whole, ebmm-recurrent-aux, ebmm-old (one table column each)"""
+    ebmm-recurrent-whole, ebmm-recurrent-aux, ebmm-recurrent-fresh, ebmm-old (one table column each)"""
     seeds: tuple[int, ...] = (0, 1, 2)
     """seeds of agent and environments"""
     steps: int = 5000
@@ -131,6 +132,8 @@ FAST_AGENT = "ebmm-recurrent-fast"
 """``ebmm-recurrent`` with the smaller core :data:`ebmm_rl.rl.FAST_CORE`."""
 WHOLE_AGENT = "ebmm-recurrent-whole"
 """``ebmm-recurrent`` with gradients through every write of a minibatch sequence (``bptt_steps=None``)."""
+FRESH_AGENT = "ebmm-recurrent-fresh"
+"""``ebmm-recurrent`` whose memory starts fresh instead of from the shipped prior (``memory_prior=None``)."""
 AUX_AGENT = "ebmm-recurrent-aux"
 """``ebmm-recurrent`` with the label-free auxiliary loss (``aux_coef=1``)."""
 OLD_AGENT = "ebmm-old"
@@ -146,6 +149,7 @@ DESCRIPTIONS = {
     FAST_AGENT: "EBMMRecurrentPPO with the smaller FAST_CORE",
     WHOLE_AGENT: "EBMMRecurrentPPO, gradients through the whole sequence (bptt_steps=None)",
     AUX_AGENT: "EBMMRecurrentPPO with the label-free auxiliary loss (aux_coef=1)",
+    FRESH_AGENT: "EBMMRecurrentPPO, memory fresh instead of the shipped prior",
     OLD_AGENT: f"the design before key/value rows (revision {OLD_REVISION}), EBMMRecurrentPPO, bptt_steps=1",
 }
 
@@ -179,6 +183,8 @@ def agent_args(env_id: str, agent: str, meta_dir: str | Path = "runs") -> dict[s
         return dict(memory="ebmm-recurrent", bptt_steps=None)
     if agent == AUX_AGENT:
         return dict(memory="ebmm-recurrent", aux_coef=1.0)
+    if agent == FRESH_AGENT:
+        return dict(memory="ebmm-recurrent", memory_prior=None)
     if agent == OLD_AGENT:
         raise FileNotFoundError(
             f"{agent} runs with the code of revision {OLD_REVISION}: git worktree add /tmp/old {OLD_REVISION}, run its "

@@ -71,9 +71,12 @@ def test_the_fast_agent_trains_the_fast_core_with_ebmm_recurrent_ppo():
     assert (core.memory.config.write_steps, core.memory.config.read_steps) == (2, 2)
 
 
-@pytest.mark.parametrize(("agent", "bptt_steps", "aux_coef"), [("ebmm-recurrent-whole", None, 0.0),
-                                                               ("ebmm-recurrent-aux", 8, 1.0)])  # fmt: skip
-def test_the_ablation_agents_change_one_setting(agent, bptt_steps, aux_coef):
+ABLATIONS = [("ebmm-recurrent-whole", None, 0.0, True), ("ebmm-recurrent-aux", 8, 1.0, True),
+             ("ebmm-recurrent-fresh", 8, 0.0, False)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("agent", "bptt_steps", "aux_coef", "prior"), ABLATIONS)
+def test_the_ablation_agents_change_one_setting(agent, bptt_steps, aux_coef, prior):
     from dataclasses import replace
 
     from agents.train import Args, build_model, make_env
@@ -83,6 +86,7 @@ def test_the_ablation_agents_change_one_setting(agent, bptt_steps, aux_coef):
                    vec_env="dummy", **fields)  # fmt: skip
     policy = build_model(args, make_env(args)).policy
     assert (policy.bptt_steps, policy.aux_coef) == (bptt_steps, aux_coef)
+    assert (policy.core.prior is not None) == prior
 
 
 def test_pretrained_agent_starts_from_the_env_checkpoint_and_the_old_design_says_where_it_runs(tmp_path):

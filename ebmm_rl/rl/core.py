@@ -63,8 +63,9 @@ __all__ = [
     "step_counts",
 ]
 
-HEAD_KINDS = ("time", "content", "key")
-"""What a query head clamps: ``"time"`` the position part of the key, ``"content"`` its learned part, ``"key"`` both."""
+HEAD_KINDS = ("time", "content", "key", "first")
+"""What a query head clamps: ``"time"`` the position part of the key, ``"content"`` its learned part, ``"key"`` both,
+``"first"`` the first-step flag alone, set (the episode's first row, whatever the clock)."""
 
 CORE_EBMM_CONFIG = EBMMConfig(
     write_steps=3,
@@ -98,6 +99,9 @@ class CoreConfig:
             retention: unit ``j`` of the writable layer keeps ``ρ_j = 2^(−1/h_j)`` of its ``θ − θ̄`` per step,
             ``h_j`` spread log-uniformly over the range (equal ends: one rate for all).
         write_gate: learn a gate that scales each step's write.
+        memory_prior: where the memory starts (:mod:`ebmm_rl.rl.prior`): ``"auto"`` the shipped prior meta-trained
+            for this architecture if there is one (else a fresh memory), a path a prior file, ``None`` a fresh
+            memory.
         encoder: the embedding: ``"auto"`` (a CNN for rows that hold an image, else ``"linear"``), ``"linear"``
             or ``"cnn"``.
         hidden_size: hidden width of the energy network (:class:`~ebmm_rl.energy.mlp.MLPEnergy`).
@@ -113,6 +117,7 @@ class CoreConfig:
     heads: tuple[str, ...] = ("time", "content")
     retention_half_lives: tuple[float, float] = (4.0, 256.0)
     write_gate: bool = False
+    memory_prior: str | None = "auto"
     encoder: str = "auto"
     hidden_size: int = 64
     dynamic_size: int = 32
@@ -233,6 +238,7 @@ class MemoryCore(nn.Module):
         memory: EBMMemory | None = None,
     ) -> None:
         super().__init__()
+        fresh_memory = memory is None
         self.config = config
         self.row_size = int(row_size)
         kind = config.encoder
@@ -279,16 +285,28 @@ class MemoryCore(nn.Module):
         self.retention_raw = nn.Parameter(torch.linspace(math.log(lo), math.log(hi), units))  # log half-lives
         known = [[False] * self.pattern_size for _ in config.heads]  # plain lists: also built on the meta device
         for h, head in enumerate(config.heads):
-            for d in range(S if head == "content" else 0, S if head == "time" else S + K):
+            dims = {"time": range(S), "content": range(S, S + K), "key": range(S + K), "first": [S - 1]}[head]
+            for d in dims:
                 known[h][d] = True
         free = [i for i, k in enumerate(sum(known, [])) if not k]
         self.register_buffer("known", torch.tensor(known), persistent=False)
+        first = [[h == "first" and d == S - 1 for d in range(self.pattern_size)] for h in config.heads]
+        self.register_buffer("first_flag", torch.tensor(first), persistent=False)  # [H, P]: set to +1
         self.register_buffer("periods", torch.tensor(config.position_periods), persistent=False)
         self.register_buffer("free_index", torch.tensor(free, dtype=torch.long), persistent=False)
         self.features_dim = E + len(free) + 2 * H + 2
         self.window_mode = "block"
         self.last_aux_loss: float | None = None
         """The auxiliary loss of the last update batch (:meth:`aux_loss`)."""
+        self.prior: str | None = None
+        """The memory prior this core started from (a file), or ``None`` (fresh, or a memory given)."""
+        if fresh_memory and config.memory_prior is not None and self.retention_raw.device.type != "meta":
+            from ebmm_rl.rl.prior import load_prior, shipped_prior  # prior imports this module
+
+            path = shipped_prior(self) if config.memory_prior == "auto" else config.memory_prior
+            if path is not None:
+                load_prior(self, path)
+                self.prior = str(path)
 
     @property
     def memory_size(self) -> int:
@@ -318,6 +336,8 @@ class MemoryCore(nn.Module):
                 **{k: tuple(v) if isinstance(v, list) else v for k, v in fields["ebmm"].items()}
             )
             fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+            if fields.get("memory_prior") not in (None, "auto"):
+                fields["memory_prior"] = None  # the checkpoint's weights replace it: the file need not exist
             config = CoreConfig(**fields)
             images = [Segment(**{**seg, "shape": tuple(seg["shape"])}) for seg in spec["images"]]
             layout = _ImageLayout(images) if images else None
@@ -364,6 +384,7 @@ class MemoryCore(nn.Module):
         q_cos = zr * cos - zi * sin + c[..., nf : 2 * nf]
         zeros = keys.new_zeros(*keys.shape[:-1], self.value_size)
         q = torch.cat([q_sin, q_cos, c[..., 2 * nf :], keys, zeros], dim=-1)  # [..., H, P]
+        q = torch.where(self.first_flag, torch.ones_like(q), q)  # a "first" head asks for the first-step flag
         return torch.where(self.known, q.clamp(-1.0, 1.0), torch.zeros_like(q))
 
     def features(self, u: Tensor, count: Tensor, result: ReadResult, x: Tensor, state: MemoryState) -> Tensor:
