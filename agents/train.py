@@ -277,7 +277,10 @@ class Args:
     run_root: str = "runs"
     """folder of TensorBoard run folders"""
     progress_bar: bool = True
-    """show SB3's progress bar (needs the rich and tqdm packages; skipped when missing)"""
+    """show SB3's progress bar (needs the rich and tqdm packages; skipped when missing); when stdout is not a
+    terminal, a line at every quarter of the run instead"""
+    log_stdout: bool = True
+    """print SB3's logger table of every rollout on stdout (``--no-log-stdout``: TensorBoard only)"""
     threads: int = 1
     """torch CPU threads"""
     device: str = "cpu"
@@ -645,8 +648,11 @@ PRESETS_DIR = Path(__file__).parent / "presets"
 """Folder of the presets: ``<Family>.yml`` maps ``<Family>-<Level>/<agent>`` names to :class:`Args` fields."""
 
 RESUME_FIELDS = frozenset(
-    {"total_timesteps", "eval_freq", "eval_episodes", "checkpoint_freq", "progress_bar", "threads", "device", "resume"}
-)
+    {
+        "total_timesteps", "eval_freq", "eval_episodes", "checkpoint_freq", "progress_bar", "log_stdout", "threads",
+        "device", "resume",
+    }
+)  # fmt: skip
 """Fields that ``--resume`` may change; every other one is the run's own (``args.json``)."""
 
 CHECKPOINT, SIDECAR = "checkpoint.zip", "args.json"
@@ -978,6 +984,56 @@ def usage_error(message: str, prog: str = "python -m agents.train") -> None:
     raise SystemExit(2)
 
 
+class ProgressLines(BaseCallback):
+    """Progress as a few plain lines, for output that is not a terminal.
+
+    A line at the first rollout end past each ``1 / lines`` of the run, ``label: steps steps (percent% of total),
+    seconds``, on stdout and flushed: a log file or a pipe gets a handful of lines instead of a progress bar's
+    carriage-return updates.
+    """
+
+    def __init__(self, label: str, lines: int = 4) -> None:
+        super().__init__()
+        self.label, self.lines = label, lines
+        self._first = self._total = self._next = 0
+        self._start = 0.0
+
+    def _on_training_start(self) -> None:
+        self._first = self.num_timesteps
+        self._total = max(self.locals["total_timesteps"] - self._first, 1)  # what this learn() call adds
+        self._next, self._start = 1, time.perf_counter()
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        done = self.num_timesteps - self._first
+        if self._next > self.lines or done * self.lines < self._next * self._total:
+            return
+        while self._next <= self.lines and done * self.lines >= self._next * self._total:
+            self._next += 1
+        percent = min(100 * done // self._total, 100)
+        seconds = time.perf_counter() - self._start
+        print(f"{self.label}: {self.num_timesteps} steps ({percent}% of {self._total}), {seconds:.0f} s", flush=True)
+
+
+def progress_callbacks(args: Args) -> tuple[list[BaseCallback], bool]:
+    """``(callbacks, progress_bar)``: how ``model.learn`` shows progress for ``args``.
+
+    SB3's progress bar (``([], True)``) on a terminal, a :class:`ProgressLines` callback when stdout is not one,
+    nothing with ``--no-progress-bar``. SB3's bar needs rich and tqdm; without them a line says so and progress is
+    off.
+    """
+    if not args.progress_bar:
+        return [], False
+    if not sys.stdout.isatty():
+        return [ProgressLines(f"{args.env} {args.memory}")], False
+    if not all(importlib.util.find_spec(m) is not None for m in ("rich", "tqdm")):
+        print("progress bar off: it needs the rich and tqdm packages (pip install rich tqdm)")
+        return [], False
+    return [], True
+
+
 class CheckpointCallback(BaseCallback):
     """Save the model to ``path`` every ``every`` environment steps (and at the end), atomically, if finite.
 
@@ -1065,7 +1121,7 @@ def main(args: Args) -> BaseAlgorithm | None:
         checkpoint = memory_checkpoint_record(args.memory_checkpoint) if args.memory_checkpoint else None
         model = build_model(args, env)
     write_sidecar(run_dir, args, checkpoint)
-    model.set_logger(configure(str(run_dir), ["stdout", "tensorboard"]))
+    model.set_logger(configure(str(run_dir), ["stdout", "tensorboard"] if args.log_stdout else ["tensorboard"]))
     _log_hyperparameters(model, args)
 
     callbacks: list[BaseCallback] = []
@@ -1088,9 +1144,8 @@ def main(args: Args) -> BaseAlgorithm | None:
         callbacks.append(CheckpointCallback(run_dir / CHECKPOINT, args.checkpoint_freq))
     if args.memory in ("ebmm", "ebmm-recurrent"):
         callbacks.append(MemoryLoggerCallback())  # memory/... curves in TensorBoard
-    progress = args.progress_bar and all(importlib.util.find_spec(m) is not None for m in ("rich", "tqdm"))
-    if args.progress_bar and not progress:
-        print("progress bar off: it needs the rich and tqdm packages (pip install rich tqdm)")
+    lines, progress = progress_callbacks(args)
+    callbacks += lines
     start = time.time()
     remaining = max(args.total_timesteps - model.num_timesteps, 0)
     model.learn(remaining, callback=callbacks, progress_bar=progress, reset_num_timesteps=not args.resume)
