@@ -135,6 +135,25 @@ class TrainConfig:
     progress: bool = True
     status_every_s: float = 60.0
 
+    @classmethod
+    def from_args(cls, args: Any, **overrides: Any) -> TrainConfig:
+        """The config of a script's ``Args``: every field of the same name, then ``overrides``.
+
+        ``args.time_limit_min`` (minutes), where the script has it, becomes ``time_limit_s``.
+
+        Raises:
+            TypeError: an override that is no field of :class:`TrainConfig`.
+            ValueError: a value :class:`TrainConfig` rejects.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise TypeError(f"TrainConfig has no fields {unknown}")
+        values = {name: getattr(args, name) for name in names if hasattr(args, name)}
+        if hasattr(args, "time_limit_min"):
+            values["time_limit_s"] = 60.0 * args.time_limit_min
+        return cls(**{**values, **overrides})
+
     def __post_init__(self) -> None:
         for name in ("lr", "schedule_lr", "weight_decay", "grad_clip", "skip_grad_norm", "min_lr_ratio",
                      "rollback_lr_factor", "max_skipped_fraction", "time_limit_s"):  # fmt: skip

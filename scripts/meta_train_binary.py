@@ -35,7 +35,7 @@ import torch
 import tyro
 
 from ebmm_rl.binary_training import binary_evaluator, binary_read_metrics, binary_sampler
-from ebmm_rl.cli import check_device, exit_if_finished, train_or_exit, usage_error
+from ebmm_rl.cli import RunArgs, start_run, train_or_exit, usage_error
 from ebmm_rl.energy import GatedRNNConfig, GatedRNNEnergy
 from ebmm_rl.hopfield import HebbMemory, HopfieldConfig
 from ebmm_rl.memory import EBMMConfig, EBMMemory
@@ -44,7 +44,7 @@ from ebmm_rl.training import MetaTrainer, TrainConfig
 
 
 @dataclass
-class Args:
+class Args(RunArgs):
     """Meta-training on random ±1 patterns."""
 
     num_patterns: int = 64
@@ -106,20 +106,8 @@ class Args:
     """steps between TensorBoard scalars"""
     status_every_s: float = 60.0
     """with --no-progress, print a status line every this many seconds (0: never)"""
-    seed: int = 0
-    """seed of initialisation and batches"""
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    """torch device"""
     threads: int = 0
     """CPU threads for torch (0: torch's default)"""
-    run_root: str = "runs"
-    """folder of run folders"""
-    run_dir: str | None = None
-    """this run's folder (default: run_root/binary__N{N}__{seed}__{time}); give it with --resume"""
-    resume: bool = False
-    """continue from run_dir/checkpoint.pt"""
-    progress: bool = True
-    """show a progress bar"""
 
 
 def build_memory(args: Args) -> EBMMemory:
@@ -168,48 +156,21 @@ def check_args(args: Args) -> None:
         usage_error(f"need --dim >= 2 and 0 <= --num-corrupted <= --dim, got {args.dim} and {args.num_corrupted}")
     if args.eval_every < 0 or args.threads < 0:
         usage_error("--eval-every and --threads must be >= 0")
-    if args.resume and args.run_dir is None:
-        usage_error("--resume needs --run-dir: the folder of the run to continue")
-    if args.resume and not (Path(args.run_dir) / "checkpoint.pt").is_file():
+    if args.resume and args.run_dir is not None and not (Path(args.run_dir) / "checkpoint.pt").is_file():
         usage_error(f"--resume: no checkpoint.pt in {args.run_dir}")
-    check_device(args.device)
-    if args.resume:
-        exit_if_finished(args.run_dir, args.steps)
+    start_run(args, args.steps)
 
 
 def main(args: Args) -> None:
     """Meta-train, checkpoint, and print the final error bits beside chance and the Hebb rule."""
     check_args(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     run_dir = Path(
         args.run_dir or Path(args.run_root) / f"binary__N{args.num_patterns}__{args.seed}__{int(time.time())}"
     )
     try:  # every setting is checked here, before the trainer creates the run folder
         memory = build_memory(args)
-        train_config = TrainConfig(
-            steps=args.steps,
-            lr=args.lr,
-            schedule_lr=args.schedule_lr,
-            grad_clip=args.grad_clip,
-            skip_grad_norm=args.skip_grad_norm,
-            max_consecutive_skips=args.max_consecutive_skips,
-            lr_schedule=args.lr_schedule,
-            min_lr_ratio=args.min_lr_ratio,
-            rollback_after=args.rollback_after,
-            max_rollbacks=args.max_rollbacks,
-            max_skipped_fraction=args.max_skipped_fraction,
-            checkpoint_every=args.checkpoint_every,
-            log_every=args.log_every,
-            eval_every=args.eval_every,
-            time_limit_s=60.0 * args.time_limit_min,
-            seed=args.seed,
-            device=args.device,
-            precision=args.precision,
-            progress=args.progress,
-            status_every_s=args.status_every_s,
-        )
+        train_config = TrainConfig.from_args(args)
     except ValueError as error:
         usage_error(str(error))
     print(
