@@ -43,6 +43,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -107,9 +108,10 @@ class TrainConfig:
         precision: ``"fp32"``, ``"tf32"`` (CUDA matmuls/convolutions on TF32 tensor cores) or ``"bf16"``
             (``torch.autocast`` around the forward of each step; fast weights, update rules, step sizes and the
             loss stay float32): see :mod:`ebmm_rl.precision`.
-        progress: show a progress bar.
-        status_every_s: without a progress bar, print a status line (step, loss, error, gradient norm, episodes/s,
-            CPU minutes) at the first logging step after every this many seconds of wall time; 0: never.
+        progress: show a progress bar (on stderr, when it is a terminal; otherwise status lines).
+        status_every_s: without a progress bar (``progress=False``, or stderr not a terminal), print a status line
+            (step, loss, error, gradient norm, episodes/s, CPU minutes) at the first logging step after every this
+            many seconds of wall time; 0: never.
     """
 
     steps: int = 10_000
@@ -488,7 +490,8 @@ class MetaTrainer:
         self._snapshot_healthy()
         writer = self._tensorboard()
         cfg = self.config
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, desc="meta-train", unit="step")
+        show_bar = cfg.progress and sys.stderr.isatty()  # a log file or a pipe gets status lines instead
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not show_bar, desc="meta-train", unit="step")
         last: dict[str, float] = {}
         evaluated_at: int | None = None
         episodes, window_start = 0, time.perf_counter()
@@ -516,7 +519,7 @@ class MetaTrainer:
                         self._log_scalars(writer, stats, rate)
                     last = {"loss": stats.loss}
                     if (
-                        not cfg.progress
+                        not show_bar
                         and cfg.status_every_s
                         and time.perf_counter() - last_status >= cfg.status_every_s
                     ):

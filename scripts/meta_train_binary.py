@@ -37,10 +37,17 @@ import tyro
 from ebmm_rl.binary_training import binary_evaluator, binary_read_metrics, binary_sampler
 from ebmm_rl.cli import RunArgs, start_run, train_or_exit, usage_error
 from ebmm_rl.energy import GatedRNNConfig, GatedRNNEnergy
-from ebmm_rl.hopfield import HebbMemory, HopfieldConfig
+from ebmm_rl.hopfield import HopfieldConfig, hopfield_memory
 from ebmm_rl.memory import EBMMConfig, EBMMemory
 from ebmm_rl.precision import Precision
 from ebmm_rl.training import MetaTrainer, TrainConfig
+
+RULES = (("Hebb", "hebb"), ("Storkey", "storkey"), ("pseudo-inverse", "pseudo_inverse"))
+"""The classical Hopfield rules of the final line: (name printed, :func:`~ebmm_rl.hopfield.hopfield_memory` rule)."""
+
+LONGER_RUNS = {(16, 128, 64, 256): (2200, 0.1, 17), (32, 128, 64, 256): (4050, 1.5, 81)}
+"""(N, dim, corrupted bits, hidden size) -> (steps, error bits, minutes of one CPU thread) of the longer runs that
+docs/results.md records, quoted by the final line of a run that beats no Hopfield rule yet."""
 
 
 @dataclass
@@ -192,14 +199,47 @@ def main(args: Args) -> None:
     minutes = (time.perf_counter() - start) / 60
     evaluate = make_evaluator(args, args.eval_batches)
     chance = evaluate(QueryAsAnswer())["error_bits"]
-    hebb = evaluate(HebbMemory(HopfieldConfig(dim=args.dim)))["error_bits"]
+    rules = {name: evaluate(hopfield_memory(rule, HopfieldConfig(dim=args.dim)))["error_bits"] for name, rule in RULES}
     print(
         f"N={args.num_patterns}: {result['error_bits']:.2f} error bits "
         f"(p5 {result['error_bits_p5']:.2f}, p95 {result['error_bits_p95']:.2f}, {args.eval_batches} batches of "
         f"{args.batch_size}) after {trainer.step} steps, {minutes:.1f} min this session on {args.device} "
-        f"({args.precision}); same batches: chance (query returned) {chance:.2f}, Hebb rule {hebb:.2f} error bits; "
-        f"{trainer.summary()}; checkpoint {trainer.checkpoint_path} (best evaluation: {run_dir / 'best.pt'})"
+        f"({args.precision}); {trainer.summary()}; checkpoint {trainer.checkpoint_path} (best evaluation: "
+        f"{run_dir / 'best.pt'})"
     )
+    print(verdict(args, result["error_bits"], chance, rules, trainer.step, run_dir))
+
+
+def verdict(args: Args, ebmm: float, chance: float, rules: dict[str, float], step: int, run_dir: str | Path) -> str:
+    """The final line: EBMM beside chance and the Hopfield rules on the same batches, and whether it beats a rule.
+
+    A run that beats no rule yet says how to go on (resume to more steps) and what a longer run reached.
+    """
+    budget = args.dim * (args.dim - 1) // 2 + args.dim
+    line = (
+        f"EBMM {ebmm:.2f} error bits at N = {args.num_patterns}; same batches, {budget}-float Hopfield rules: "
+        + ", ".join(f"{name} {value:.2f}" for name, value in rules.items())
+        + f"; chance (query returned) {chance:.2f}"
+    )
+    beaten = [name for name, value in rules.items() if ebmm <= value]
+    if beaten:
+        return f"{line}. EBMM is at or below the {' and '.join(beaten)} rule{'s' if len(beaten) > 1 else ''}."
+    longer = LONGER_RUNS.get((args.num_patterns, args.dim, args.num_corrupted, args.hidden_size))
+    reference = (
+        f" At this setting, {longer[0]} steps reached {longer[1]} error bits in {longer[2]} minutes of one CPU thread "
+        "(docs/results.md)."
+        if longer
+        else ""
+    )
+    if step < args.steps:  # stopped by --time-limit-min: the same run goes on to --steps
+        how = (
+            f"train on with: python scripts/meta_train_binary.py --run-dir {run_dir} --resume --steps {args.steps} "
+            "(and this run's other flags)"
+        )
+    else:
+        steps = longer[0] if longer else 4 * args.steps
+        how = f"a longer run: python scripts/meta_train_binary.py --num-patterns {args.num_patterns} --steps {steps}"
+    return f"{line}. Not yet at a Hopfield rule after {step} steps; {how}.{reference}"
 
 
 if __name__ == "__main__":
