@@ -518,11 +518,7 @@ class MetaTrainer:
                     if writer is not None:
                         self._log_scalars(writer, stats, rate)
                     last = {"loss": stats.loss}
-                    if (
-                        not show_bar
-                        and cfg.status_every_s
-                        and time.perf_counter() - last_status >= cfg.status_every_s
-                    ):
+                    if not show_bar and cfg.status_every_s and time.perf_counter() - last_status >= cfg.status_every_s:
                         last_status = time.perf_counter()
                         print(self._status_line(stats, rate, time.process_time() - cpu_start), flush=True)
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.evaluate is not None:

@@ -233,8 +233,8 @@ def verdict(args: Args, ebmm: float, chance: float, rules: dict[str, float], ste
     )
     if step < args.steps:  # stopped by --time-limit-min: the same run goes on to --steps
         how = (
-            f"train on with: python scripts/meta_train_binary.py --run-dir {run_dir} --resume --steps {args.steps} "
-            "(and this run's other flags)"
+            f"train on with: python scripts/meta_train_binary.py --run-dir {run_dir} --resume --num-patterns "
+            f"{args.num_patterns} --steps {args.steps} (and this run's other flags)"
         )
     else:
         steps = longer[0] if longer else 4 * args.steps

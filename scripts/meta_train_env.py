@@ -120,7 +120,7 @@ def build_core(args: Args, row_size: int) -> MemoryCore:
 
 
 def _make_env(args: Args):  # noqa: ANN202
-    from agents.train import WrapOptions, env_id, wrap_env
+    from agents.common import WrapOptions, env_id, wrap_env
 
     def make() -> gym.Env:
         return wrap_env(gym.make(env_id(args.env)), "mlp", WrapOptions())  # MiniGrid: the one-hot image alone
@@ -131,8 +131,8 @@ def _make_env(args: Args):  # noqa: ANN202
 def _collect_policy(args: Args):  # noqa: ANN202
     if args.collect_model is None:
         return None
+    from agents.common import UsageError
     from agents.evaluate import load_model  # loads the zip without running code from it (agents.safe_load)
-    from agents.train import UsageError
 
     try:
         model, _ = load_model(args.collect_model, env=args.env, memory="mlp")

@@ -32,10 +32,10 @@ import torch
 import tyro
 from rl_results import agent_description, reference_returns  # scripts/, beside this file
 
+from agents.common import Args as TrainArgs
+from agents.common import UsageError, usage_error, validate
 from agents.evaluate import Args as EvalArgs
 from agents.evaluate import evaluate
-from agents.train import Args as TrainArgs
-from agents.train import UsageError, usage_error, validate
 from agents.train import main as train
 
 PROG = "python scripts/quickstart.py"

@@ -75,6 +75,28 @@ def test_every_preset_names_its_family_and_a_known_memory():
         assert fields["memory"] in train.MEMORIES
 
 
+def test_the_library_half_imports_without_the_command_line():
+    code = (
+        "import sys, agents.common, agents.evaluate\n"
+        "assert 'agents.train' not in sys.modules, 'agents.common or agents.evaluate imports the CLI'\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
+    from agents import common
+
+    defined = [
+        n
+        for n, v in vars(common).items()
+        if not n.startswith("_") and getattr(v, "__module__", None) == common.__name__
+    ]
+    assert {"Args", "make_env", "build_model", "validate", "read_run", "MemoryKind", "UsageError"} <= set(defined)
+    for name in defined:  # every name agents.train had before the split is still there, the same object
+        assert getattr(train, name) is getattr(common, name), name
+    for name in ("MEMORIES", "SIDECAR", "CHECKPOINT", "RESUME_FIELDS", "PRESETS_DIR", "EpisodeMemoryWrapper"):
+        assert getattr(train, name) is getattr(common, name), name
+
+
 @pytest.mark.parametrize("memory", ["mlp", "ebmm"])
 def test_quickstart_agents_are_the_easy_presets(memory):
     preset = dataclasses.asdict(parse_args(["--preset", f"DelayedRecall-Easy/{memory}"]))

@@ -83,9 +83,8 @@ def test_meta_train_binary_verdict_names_the_rules_beaten_or_the_way_on():
     assert "Not yet at a Hopfield rule after 300 steps; a longer run: python scripts/meta_train_binary.py " in finished
     assert "--num-patterns 16 --steps 2200." in finished and "2200 steps reached 0.1 error bits" in finished
     stopped = script["verdict"](script["Args"](num_patterns=5, steps=900, device="cpu"), 20.0, 32.0, rules, 400, "r")
-    assert "after 400 steps; train on with: python scripts/meta_train_binary.py --run-dir r --resume --steps 900" in (
-        stopped
-    )
+    resume = "python scripts/meta_train_binary.py --run-dir r --resume --num-patterns 5 --steps 900"
+    assert f"after 400 steps; train on with: {resume}" in stopped
     assert "docs/results.md" not in stopped  # no longer run recorded at N = 5
 
 
