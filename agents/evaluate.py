@@ -7,8 +7,8 @@ Examples::
     python -m agents.evaluate runs/<run>/model.zip --episodes 3 --video-dir videos   # needs moviepy
 
 The run folder's ``args.json`` (written by ``agents.train``) says which algorithm saved the model and how the
-environment was wrapped, so the same wrappers (:func:`agents.train.wrap_env` with the run's
-:class:`~agents.train.WrapOptions`) are applied again. A model without one needs ``--env`` and ``--memory``: the
+environment was wrapped, so the same wrappers (:func:`agents.common.wrap_env` with the run's
+:class:`~agents.common.WrapOptions`) are applied again. A model without one needs ``--env`` and ``--memory``: the
 memory names the wrappers and the policy, and the algorithm is sb3-contrib's ``RecurrentPPO`` for the recurrent
 memories, else ``PPO`` or ``A2C`` (told apart by the saved ``clip_range``). Videos use gymnasium's ``RecordVideo``
 (one file per episode) when the environment renders ``rgb_array`` frames; otherwise the command says so and
@@ -39,8 +39,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from agents.safe_load import AgentZipError, WeightsMismatch, read_zip
-from agents.train import (
+from agents.common import (
     SIDECAR,
     UsageError,
     agent_env,
@@ -55,7 +54,8 @@ from agents.train import (
     wrap_env,
     wrap_options,
 )
-from agents.train import Args as TrainArgs
+from agents.common import Args as TrainArgs
+from agents.safe_load import AgentZipError, WeightsMismatch, read_zip
 
 PROG = "python -m agents.evaluate"
 
@@ -127,7 +127,7 @@ def load_model(
     memory: str | None = None,
     trust_pickled: bool = False,
 ) -> tuple[BaseAlgorithm, TrainArgs]:
-    """The model saved at ``path`` and the :class:`agents.train.Args` of its run, loaded without running its pickles.
+    """The model saved at ``path`` and the :class:`agents.common.Args` of its run, loaded without running its pickles.
 
     Args:
         path: the zip.

@@ -1,12 +1,15 @@
-"""Small helpers shared by the command-line scripts: usage errors, device checks, the ends of a meta-training run.
+"""Helpers shared by the command-line scripts: run arguments, usage errors, device checks, the end of a run.
 
-Usage errors exit with code 2 and no traceback; a resume with nothing left to do exits with 0; a diverged run
-with 1, naming the last healthy checkpoint.
+Every meta-training script's ``Args`` extends :class:`RunArgs` (seed, device, threads, run folder, resume, progress)
+and hands its training fields to :meth:`ebmm_rl.training.TrainConfig.from_args`. Usage errors exit with code 2 and
+no traceback; a resume with nothing left to do exits with 0; a diverged run with 1, naming the last healthy
+checkpoint.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -14,6 +17,46 @@ import torch
 
 from ebmm_rl.checkpoint import load_checkpoint
 from ebmm_rl.training import CHECKPOINT_NAME, MetaTrainer, TrainingDiverged
+
+
+@dataclass
+class RunArgs:
+    """The run arguments of every meta-training script; a script's ``Args`` extends it (and may change a default)."""
+
+    seed: int = 0
+    """seed of initialisation and batches"""
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    """torch device"""
+    threads: int = 1
+    """CPU threads for torch (0: torch's default)"""
+    run_root: str = "runs"
+    """folder of run folders"""
+    run_dir: str | None = None
+    """this run's folder (default: a new folder in run_root, named after the task, seed and time); give it with
+    --resume"""
+    resume: bool = False
+    """continue from run_dir/checkpoint.pt"""
+    progress: bool = True
+    """show a progress bar (without one, status lines when the script has --status-every-s)"""
+
+
+def start_run(args: RunArgs, steps: int) -> torch.device:
+    """Check ``args``'s run arguments and apply them; returns the device.
+
+    A malformed or absent device, ``--threads`` below 0 or ``--resume`` without ``--run-dir`` is a usage error
+    (exit code 2); a resume of a run already at ``steps`` exits with 0 (:func:`exit_if_finished`). Sets torch's CPU
+    threads unless ``--threads 0``.
+    """
+    device = check_device(args.device)
+    if args.threads < 0:
+        usage_error(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
+    if args.resume and args.run_dir is None:
+        usage_error("--resume needs --run-dir: the folder of the run to continue")
+    if args.resume:
+        exit_if_finished(args.run_dir, steps)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return device
 
 
 def usage_error(message: str, prog: str | None = None) -> NoReturn:

@@ -895,8 +895,3 @@ def _pattern_weights(mask: Tensor | None, B: int, N: int, device: torch.device, 
         )
     m = mask.to(dtype)
     return m / m.sum(dim=1, keepdim=True).clamp(min=1)
-
-
-def per_episode(fn: Callable[[int], Tensor], batch_size: int) -> Tensor:
-    """Reference path: run ``fn(b)`` for each episode ``b`` and concatenate the ``[1, ...]`` results."""
-    return torch.cat([fn(b) for b in range(batch_size)], dim=0)

@@ -43,6 +43,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -107,9 +108,10 @@ class TrainConfig:
         precision: ``"fp32"``, ``"tf32"`` (CUDA matmuls/convolutions on TF32 tensor cores) or ``"bf16"``
             (``torch.autocast`` around the forward of each step; fast weights, update rules, step sizes and the
             loss stay float32): see :mod:`ebmm_rl.precision`.
-        progress: show a progress bar.
-        status_every_s: without a progress bar, print a status line (step, loss, error, gradient norm, episodes/s,
-            CPU minutes) at the first logging step after every this many seconds of wall time; 0: never.
+        progress: show a progress bar (on stderr, when it is a terminal; otherwise status lines).
+        status_every_s: without a progress bar (``progress=False``, or stderr not a terminal), print a status line
+            (step, loss, error, gradient norm, episodes/s, CPU minutes) at the first logging step after every this
+            many seconds of wall time; 0: never.
     """
 
     steps: int = 10_000
@@ -134,6 +136,25 @@ class TrainConfig:
     precision: Precision = "fp32"
     progress: bool = True
     status_every_s: float = 60.0
+
+    @classmethod
+    def from_args(cls, args: Any, **overrides: Any) -> TrainConfig:
+        """The config of a script's ``Args``: every field of the same name, then ``overrides``.
+
+        ``args.time_limit_min`` (minutes), where the script has it, becomes ``time_limit_s``.
+
+        Raises:
+            TypeError: an override that is no field of :class:`TrainConfig`.
+            ValueError: a value :class:`TrainConfig` rejects.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise TypeError(f"TrainConfig has no fields {unknown}")
+        values = {name: getattr(args, name) for name in names if hasattr(args, name)}
+        if hasattr(args, "time_limit_min"):
+            values["time_limit_s"] = 60.0 * args.time_limit_min
+        return cls(**{**values, **overrides})
 
     def __post_init__(self) -> None:
         for name in ("lr", "schedule_lr", "weight_decay", "grad_clip", "skip_grad_norm", "min_lr_ratio",
@@ -469,7 +490,8 @@ class MetaTrainer:
         self._snapshot_healthy()
         writer = self._tensorboard()
         cfg = self.config
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, desc="meta-train", unit="step")
+        show_bar = cfg.progress and sys.stderr.isatty()  # a log file or a pipe gets status lines instead
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not show_bar, desc="meta-train", unit="step")
         last: dict[str, float] = {}
         evaluated_at: int | None = None
         episodes, window_start = 0, time.perf_counter()
@@ -496,11 +518,7 @@ class MetaTrainer:
                     if writer is not None:
                         self._log_scalars(writer, stats, rate)
                     last = {"loss": stats.loss}
-                    if (
-                        not cfg.progress
-                        and cfg.status_every_s
-                        and time.perf_counter() - last_status >= cfg.status_every_s
-                    ):
+                    if not show_bar and cfg.status_every_s and time.perf_counter() - last_status >= cfg.status_every_s:
                         last_status = time.perf_counter()
                         print(self._status_line(stats, rate, time.process_time() - cpu_start), flush=True)
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.evaluate is not None:

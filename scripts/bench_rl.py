@@ -28,8 +28,8 @@ from dataclasses import dataclass, replace
 import torch
 import tyro
 
-from agents.train import Args as TrainArgs
-from agents.train import build_model, make_env
+from agents.common import Args as TrainArgs
+from agents.common import build_model, make_env
 from ebmm_rl.cli import usage_error
 from ebmm_rl.rl import EBMMExtractor
 

@@ -28,7 +28,7 @@ import tyro
 
 from ebmm_rl.binary import TABLE1_NUM_PATTERNS
 from ebmm_rl.binary_training import binary_evaluator, binary_sampler
-from ebmm_rl.cli import check_device, exit_if_finished, train_or_exit
+from ebmm_rl.cli import RunArgs, start_run, train_or_exit
 from ebmm_rl.distortions import make_sampler
 from ebmm_rl.image_eval import NOISES, episode_errors, metric_name, query_distortion
 from ebmm_rl.protocol import HOPFIELD_BUDGET, MEMORIES, build_memory
@@ -36,7 +36,7 @@ from ebmm_rl.training import MetaTrainer, TrainConfig
 
 
 @dataclass
-class Args:
+class Args(RunArgs):
     """Meta-training of a baseline memory on random ±1 patterns."""
 
     model: str = "memnet"
@@ -84,20 +84,6 @@ class Args:
     """steps between evaluations (0: only at the end)"""
     checkpoint_every: int = 100
     """steps between checkpoints"""
-    seed: int = 0
-    """seed of initialisation and batches"""
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    """torch device"""
-    threads: int = 1
-    """CPU threads for torch (0: torch's default)"""
-    run_root: str = "runs"
-    """folder of run folders"""
-    run_dir: str | None = None
-    """this run's folder (default: run_root/binary__{model}__{seed}__{time}); give it with --resume"""
-    resume: bool = False
-    """continue from run_dir/checkpoint.pt"""
-    progress: bool = True
-    """show a progress bar"""
 
 
 def parse_overrides(items: list[str]) -> dict[str, object]:
@@ -145,17 +131,11 @@ def image_task(args: Args):
 
 def main(args: Args) -> None:
     """Meta-train, checkpoint, and print the final error bits."""
-    check_device(args.device)
     entry = MEMORIES.get(args.model)
     if entry is None or not entry.trainable:
         trainable = sorted(name for name, e in MEMORIES.items() if e.trainable)
         raise SystemExit(f"--model {args.model!r} is not a trainable memory; choose one of {trainable}")
-    if args.resume and args.run_dir is None:
-        raise SystemExit("--resume needs --run-dir: the folder of the run to continue")
-    if args.resume:
-        exit_if_finished(args.run_dir, args.steps)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    start_run(args, args.steps)
     torch.manual_seed(args.seed)
     name = f"{args.dataset}__{args.model}__{args.seed}__{int(time.time())}"
     run_dir = Path(args.run_dir or Path(args.run_root) / name)
@@ -176,18 +156,7 @@ def main(args: Args) -> None:
     trainer = MetaTrainer(
         memory,
         sampler,
-        TrainConfig(
-            steps=args.steps,
-            lr=args.lr,
-            grad_clip=args.grad_clip,
-            skip_grad_norm=args.skip_grad_norm,
-            checkpoint_every=args.checkpoint_every,
-            eval_every=args.eval_every,
-            time_limit_s=60.0 * args.time_limit_min,
-            seed=args.seed,
-            device=args.device,
-            progress=args.progress,
-        ),
+        TrainConfig.from_args(args),
         run_dir=run_dir,
         hparams=hparams,
         evaluate=evaluator if args.eval_batches else None,

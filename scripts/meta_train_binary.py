@@ -35,16 +35,23 @@ import torch
 import tyro
 
 from ebmm_rl.binary_training import binary_evaluator, binary_read_metrics, binary_sampler
-from ebmm_rl.cli import check_device, exit_if_finished, train_or_exit, usage_error
+from ebmm_rl.cli import RunArgs, start_run, train_or_exit, usage_error
 from ebmm_rl.energy import GatedRNNConfig, GatedRNNEnergy
-from ebmm_rl.hopfield import HebbMemory, HopfieldConfig
+from ebmm_rl.hopfield import HopfieldConfig, hopfield_memory
 from ebmm_rl.memory import EBMMConfig, EBMMemory
 from ebmm_rl.precision import Precision
 from ebmm_rl.training import MetaTrainer, TrainConfig
 
+RULES = (("Hebb", "hebb"), ("Storkey", "storkey"), ("pseudo-inverse", "pseudo_inverse"))
+"""The classical Hopfield rules of the final line: (name printed, :func:`~ebmm_rl.hopfield.hopfield_memory` rule)."""
+
+LONGER_RUNS = {(16, 128, 64, 256): (2200, 0.1, 17), (32, 128, 64, 256): (4050, 1.5, 81)}
+"""(N, dim, corrupted bits, hidden size) -> (steps, error bits, minutes of one CPU thread) of the longer runs that
+docs/results.md records, quoted by the final line of a run that beats no Hopfield rule yet."""
+
 
 @dataclass
-class Args:
+class Args(RunArgs):
     """Meta-training on random ±1 patterns."""
 
     num_patterns: int = 64
@@ -106,20 +113,8 @@ class Args:
     """steps between TensorBoard scalars"""
     status_every_s: float = 60.0
     """with --no-progress, print a status line every this many seconds (0: never)"""
-    seed: int = 0
-    """seed of initialisation and batches"""
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    """torch device"""
     threads: int = 0
     """CPU threads for torch (0: torch's default)"""
-    run_root: str = "runs"
-    """folder of run folders"""
-    run_dir: str | None = None
-    """this run's folder (default: run_root/binary__N{N}__{seed}__{time}); give it with --resume"""
-    resume: bool = False
-    """continue from run_dir/checkpoint.pt"""
-    progress: bool = True
-    """show a progress bar"""
 
 
 def build_memory(args: Args) -> EBMMemory:
@@ -168,48 +163,21 @@ def check_args(args: Args) -> None:
         usage_error(f"need --dim >= 2 and 0 <= --num-corrupted <= --dim, got {args.dim} and {args.num_corrupted}")
     if args.eval_every < 0 or args.threads < 0:
         usage_error("--eval-every and --threads must be >= 0")
-    if args.resume and args.run_dir is None:
-        usage_error("--resume needs --run-dir: the folder of the run to continue")
-    if args.resume and not (Path(args.run_dir) / "checkpoint.pt").is_file():
+    if args.resume and args.run_dir is not None and not (Path(args.run_dir) / "checkpoint.pt").is_file():
         usage_error(f"--resume: no checkpoint.pt in {args.run_dir}")
-    check_device(args.device)
-    if args.resume:
-        exit_if_finished(args.run_dir, args.steps)
+    start_run(args, args.steps)
 
 
 def main(args: Args) -> None:
     """Meta-train, checkpoint, and print the final error bits beside chance and the Hebb rule."""
     check_args(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     run_dir = Path(
         args.run_dir or Path(args.run_root) / f"binary__N{args.num_patterns}__{args.seed}__{int(time.time())}"
     )
     try:  # every setting is checked here, before the trainer creates the run folder
         memory = build_memory(args)
-        train_config = TrainConfig(
-            steps=args.steps,
-            lr=args.lr,
-            schedule_lr=args.schedule_lr,
-            grad_clip=args.grad_clip,
-            skip_grad_norm=args.skip_grad_norm,
-            max_consecutive_skips=args.max_consecutive_skips,
-            lr_schedule=args.lr_schedule,
-            min_lr_ratio=args.min_lr_ratio,
-            rollback_after=args.rollback_after,
-            max_rollbacks=args.max_rollbacks,
-            max_skipped_fraction=args.max_skipped_fraction,
-            checkpoint_every=args.checkpoint_every,
-            log_every=args.log_every,
-            eval_every=args.eval_every,
-            time_limit_s=60.0 * args.time_limit_min,
-            seed=args.seed,
-            device=args.device,
-            precision=args.precision,
-            progress=args.progress,
-            status_every_s=args.status_every_s,
-        )
+        train_config = TrainConfig.from_args(args)
     except ValueError as error:
         usage_error(str(error))
     print(
@@ -231,14 +199,47 @@ def main(args: Args) -> None:
     minutes = (time.perf_counter() - start) / 60
     evaluate = make_evaluator(args, args.eval_batches)
     chance = evaluate(QueryAsAnswer())["error_bits"]
-    hebb = evaluate(HebbMemory(HopfieldConfig(dim=args.dim)))["error_bits"]
+    rules = {name: evaluate(hopfield_memory(rule, HopfieldConfig(dim=args.dim)))["error_bits"] for name, rule in RULES}
     print(
         f"N={args.num_patterns}: {result['error_bits']:.2f} error bits "
         f"(p5 {result['error_bits_p5']:.2f}, p95 {result['error_bits_p95']:.2f}, {args.eval_batches} batches of "
         f"{args.batch_size}) after {trainer.step} steps, {minutes:.1f} min this session on {args.device} "
-        f"({args.precision}); same batches: chance (query returned) {chance:.2f}, Hebb rule {hebb:.2f} error bits; "
-        f"{trainer.summary()}; checkpoint {trainer.checkpoint_path} (best evaluation: {run_dir / 'best.pt'})"
+        f"({args.precision}); {trainer.summary()}; checkpoint {trainer.checkpoint_path} (best evaluation: "
+        f"{run_dir / 'best.pt'})"
     )
+    print(verdict(args, result["error_bits"], chance, rules, trainer.step, run_dir))
+
+
+def verdict(args: Args, ebmm: float, chance: float, rules: dict[str, float], step: int, run_dir: str | Path) -> str:
+    """The final line: EBMM beside chance and the Hopfield rules on the same batches, and whether it beats a rule.
+
+    A run that beats no rule yet says how to go on (resume to more steps) and what a longer run reached.
+    """
+    budget = args.dim * (args.dim - 1) // 2 + args.dim
+    line = (
+        f"EBMM {ebmm:.2f} error bits at N = {args.num_patterns}; same batches, {budget}-float Hopfield rules: "
+        + ", ".join(f"{name} {value:.2f}" for name, value in rules.items())
+        + f"; chance (query returned) {chance:.2f}"
+    )
+    beaten = [name for name, value in rules.items() if ebmm <= value]
+    if beaten:
+        return f"{line}. EBMM is at or below the {' and '.join(beaten)} rule{'s' if len(beaten) > 1 else ''}."
+    longer = LONGER_RUNS.get((args.num_patterns, args.dim, args.num_corrupted, args.hidden_size))
+    reference = (
+        f" At this setting, {longer[0]} steps reached {longer[1]} error bits in {longer[2]} minutes of one CPU thread "
+        "(docs/results.md)."
+        if longer
+        else ""
+    )
+    if step < args.steps:  # stopped by --time-limit-min: the same run goes on to --steps
+        how = (
+            f"train on with: python scripts/meta_train_binary.py --run-dir {run_dir} --resume --num-patterns "
+            f"{args.num_patterns} --steps {args.steps} (and this run's other flags)"
+        )
+    else:
+        steps = longer[0] if longer else 4 * args.steps
+        how = f"a longer run: python scripts/meta_train_binary.py --num-patterns {args.num_patterns} --steps {steps}"
+    return f"{line}. Not yet at a Hopfield rule after {step} steps; {how}.{reference}"
 
 
 if __name__ == "__main__":

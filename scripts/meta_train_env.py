@@ -26,7 +26,7 @@ import gymnasium as gym
 import torch
 import tyro
 
-from ebmm_rl.cli import check_device, exit_if_finished, train_or_exit, usage_error
+from ebmm_rl.cli import RunArgs, start_run, train_or_exit, usage_error
 from ebmm_rl.rl.core import CoreConfig, MemoryCore
 from ebmm_rl.rl.pretrain import EpisodeRows, pretrain_forward, recall_metrics
 from ebmm_rl.training import MetaTrainer, TrainConfig
@@ -35,7 +35,7 @@ DEFAULTS = CoreConfig()
 
 
 @dataclass
-class Args:
+class Args(RunArgs):
     """Pre-training of an agent's memory core on an environment's episodes (no labels)."""
 
     env: str = "ebmm/CartPole-NoVel-v1"
@@ -96,16 +96,6 @@ class Args:
     """seed of initialisation and episodes"""
     device: str = "cpu"
     """torch device"""
-    threads: int = 1
-    """CPU threads for torch (0: torch's default)"""
-    run_root: str = "runs"
-    """folder of run folders"""
-    run_dir: str | None = None
-    """this run's folder (default: run_root/env__{id}__{seed}); give it with --resume"""
-    resume: bool = False
-    """continue from run_dir/checkpoint.pt"""
-    progress: bool = True
-    """show a progress bar"""
 
 
 def build_core(args: Args, row_size: int) -> MemoryCore:
@@ -130,7 +120,7 @@ def build_core(args: Args, row_size: int) -> MemoryCore:
 
 
 def _make_env(args: Args):  # noqa: ANN202
-    from agents.train import WrapOptions, env_id, wrap_env
+    from agents.common import WrapOptions, env_id, wrap_env
 
     def make() -> gym.Env:
         return wrap_env(gym.make(env_id(args.env)), "mlp", WrapOptions())  # MiniGrid: the one-hot image alone
@@ -141,8 +131,8 @@ def _make_env(args: Args):  # noqa: ANN202
 def _collect_policy(args: Args):  # noqa: ANN202
     if args.collect_model is None:
         return None
+    from agents.common import UsageError
     from agents.evaluate import load_model  # loads the zip without running code from it (agents.safe_load)
-    from agents.train import UsageError
 
     try:
         model, _ = load_model(args.collect_model, env=args.env, memory="mlp")
@@ -157,13 +147,7 @@ def _run_dir(args: Args) -> Path:
 
 def main(args: Args) -> dict[str, float]:
     """Pre-train, checkpoint, and print held-out recall before and after."""
-    check_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.resume and args.run_dir is None:
-        usage_error("--resume needs --run-dir: the folder of the run to continue")
-    if args.resume:
-        exit_if_finished(_run_dir(args), args.steps)
+    start_run(args, args.steps)
     for name in ("steps", "episodes", "batch_size", "eval_rows", "max_episode_steps"):
         if getattr(args, name) < 1:
             usage_error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -194,19 +178,7 @@ def main(args: Args) -> dict[str, float]:
           f"{len(train_rows.episodes)} episodes ({steps} steps) collected; run folder {run_dir}")  # fmt: skip
     before = evaluate(core)
     print("before: " + ", ".join(f"{k} {v:.4f}" for k, v in before.items()))
-    config = TrainConfig(
-        steps=args.steps,
-        lr=args.lr,
-        schedule_lr=args.schedule_lr,
-        grad_clip=args.grad_clip,
-        lr_schedule=args.lr_schedule,
-        checkpoint_every=args.checkpoint_every,
-        eval_every=args.eval_every,
-        time_limit_s=60.0 * args.time_limit_min,
-        seed=args.seed,
-        device=args.device,
-        progress=args.progress,
-    )
+    config = TrainConfig.from_args(args)
     trainer = MetaTrainer(core, sample, config, run_dir=run_dir, hparams=asdict(args), evaluate=evaluate,
                           forward=pretrain_forward)  # fmt: skip
     start = time.process_time()

@@ -40,7 +40,7 @@ import torch
 import tyro
 
 from ebmm_rl.checkpoint import load_checkpoint
-from ebmm_rl.cli import check_device, exit_if_finished, train_or_exit
+from ebmm_rl.cli import RunArgs, start_run, train_or_exit
 from ebmm_rl.data import DATA_DIR_VAR, FOLDERS, ImageDataset, load_dataset
 from ebmm_rl.distortions import make_sampler
 from ebmm_rl.distributed import (
@@ -79,7 +79,7 @@ CPU_SIZES = {
 
 
 @dataclass
-class Args:
+class Args(RunArgs):
     """Meta-training EBMM on images."""
 
     dataset: Dataset = "omniglot"
@@ -158,14 +158,6 @@ class Args:
     """torch device (under torchrun, cuda means each rank's own GPU)"""
     threads: int = 0
     """CPU threads for torch (0: torch's default; 1 is fastest on a busy machine)"""
-    run_root: str = "runs"
-    """folder of run folders"""
-    run_dir: str | None = None
-    """this run's folder (default: run_root/{dataset}__{arch}-N{N}-mem{size}__{seed}__{time}); give it with --resume"""
-    resume: bool = False
-    """continue from run_dir/checkpoint.pt"""
-    progress: bool = True
-    """show a progress bar"""
     status_every_s: float = 60.0
     """with --no-progress, print a status line (step, loss, error, episodes/s, CPU minutes) every this many seconds
     (0: never)"""
@@ -286,13 +278,7 @@ def run_folder(args: Args, memory_size: int, context: DistributedContext) -> Pat
 # ----------------------------------------------------------------------------------------------------------- main
 def main(args: Args) -> None:
     """Meta-train, evaluate, checkpoint; print the final test error (and parameter checksums under torchrun)."""
-    check_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.resume and args.run_dir is None:
-        raise SystemExit("--resume needs --run-dir: the folder of the run to continue")
-    if args.resume:
-        exit_if_finished(args.run_dir, args.steps)
+    start_run(args, args.steps)
     context = init_distributed(args.device)
     try:
         train(args, context)
@@ -321,18 +307,9 @@ def train(args: Args, context: DistributedContext) -> None:
     evaluator = (
         make_evaluator(args, load_split(args, args.dataset, "test"), context.device) if context.is_main else None
     )
-    config = TrainConfig(
-        steps=args.steps,
-        lr=args.lr,
-        schedule_lr=args.schedule_lr,
-        grad_clip=args.grad_clip,
-        log_every=args.log_every,
-        checkpoint_every=args.checkpoint_every,
-        eval_every=args.eval_every,
-        time_limit_s=60.0 * args.time_limit_min,
-        seed=args.seed,
+    config = TrainConfig.from_args(
+        args,
         device=context.device,
-        precision=args.precision,
         progress=args.progress and context.is_main,
         status_every_s=args.status_every_s if context.is_main else 0.0,
     )

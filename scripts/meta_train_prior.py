@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 import tyro
 
-from ebmm_rl.cli import check_device, exit_if_finished, train_or_exit, usage_error
+from ebmm_rl.cli import RunArgs, start_run, train_or_exit, usage_error
 from ebmm_rl.rl.core import FAST_CORE, CoreConfig, MemoryCore
 from ebmm_rl.rl.prior import prior_forward, save_prior, synthetic_rows
 from ebmm_rl.training import MetaTrainer, TrainConfig
 
 
 @dataclass
-class Args:
+class Args(RunArgs):
     """Meta-training of the memory prior of the agents' core (synthetic rows, no environment)."""
 
     fast: bool = False
@@ -53,22 +53,12 @@ class Args:
     """steps between evaluations (0: only at the end)"""
     checkpoint_every: int = 100
     """steps between checkpoints"""
+    time_limit_min: float = 0.0
+    """stop after this many CPU minutes of this process (0: no limit)"""
     export: str | None = None
     """write the prior file here at the end (e.g. ebmm_rl/rl/priors/default.pt)"""
-    seed: int = 0
-    """seed of initialisation and data"""
     device: str = "cpu"
     """torch device"""
-    threads: int = 1
-    """CPU threads for torch (0: torch's default)"""
-    run_root: str = "runs"
-    """folder of run folders"""
-    run_dir: str | None = None
-    """this run's folder (default: run_root/prior__{default|fast}__{seed}); give it with --resume"""
-    resume: bool = False
-    """continue from run_dir/checkpoint.pt"""
-    progress: bool = True
-    """show a progress bar"""
 
 
 def build_core(args: Args) -> MemoryCore:
@@ -83,14 +73,8 @@ def build_core(args: Args) -> MemoryCore:
 
 def main(args: Args) -> dict[str, float]:
     """Meta-train, checkpoint, print held-out read errors before and after, export the prior."""
-    check_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.resume and args.run_dir is None:
-        usage_error("--resume needs --run-dir: the folder of the run to continue")
+    start_run(args, args.steps)
     run_dir = Path(args.run_dir or Path(args.run_root) / f"prior__{'fast' if args.fast else 'default'}__{args.seed}")
-    if args.resume:
-        exit_if_finished(run_dir, args.steps)
     for name in ("steps", "batch_size", "eval_windows"):
         if getattr(args, name) < 1:
             usage_error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -117,18 +101,7 @@ def main(args: Args) -> dict[str, float]:
           f"{args.window} rows; run folder {run_dir}")  # fmt: skip
     before = evaluate(core)
     print("before: " + ", ".join(f"{k} {v:.4f}" for k, v in before.items()))
-    config = TrainConfig(
-        steps=args.steps,
-        lr=args.lr,
-        schedule_lr=args.schedule_lr,
-        grad_clip=args.grad_clip,
-        lr_schedule=args.lr_schedule,
-        checkpoint_every=args.checkpoint_every,
-        eval_every=args.eval_every,
-        seed=args.seed,
-        device=args.device,
-        progress=args.progress,
-    )
+    config = TrainConfig.from_args(args)
     trainer = MetaTrainer(core, sample, config, run_dir=run_dir, hparams=asdict(args), evaluate=evaluate,
                           forward=prior_forward)  # fmt: skip
     start = time.process_time()

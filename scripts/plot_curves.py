@@ -24,8 +24,8 @@ import gymnasium as gym
 import numpy as np
 import tyro
 
-from agents.train import SIDECAR, UsageError, usage_error
-from agents.train import env_id as train_env_id
+from agents.common import SIDECAR, UsageError, usage_error
+from agents.common import env_id as train_env_id
 from ebmm_rl.stats import mean_ci
 
 PROG = "python scripts/plot_curves.py"

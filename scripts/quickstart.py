@@ -13,9 +13,10 @@ folder::
 
 Every agent: 8 envs stepped in one process, rollouts of 128 steps per env, minibatch 64, 10 PPO epochs, Adam 1e-3,
 ``gamma = 0`` (a probe scores an action only at its own step) and linear policy/value heads on the features, as in
-``docs/rl_results.md``; 1 torch thread. The run folders hold the models (``python -m agents.evaluate
-<run>/model.zip``), ``evaluations.npz`` (``scripts/plot_curves.py``) and the TensorBoard logs (``eval/``, and the
-EBMM agent's ``memory/`` curves).
+``docs/rl_results.md``; 1 torch thread. Progress: a bar per agent on a terminal, else a line at every quarter of
+its run; ``--verbose`` adds SB3's logger table after every rollout. The run folders hold the models
+(``python -m agents.evaluate <run>/model.zip``), ``evaluations.npz`` (``scripts/plot_curves.py``) and the
+TensorBoard logs (``eval/``, and the EBMM agent's ``memory/`` curves).
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ import torch
 import tyro
 from rl_results import agent_description, reference_returns  # scripts/, beside this file
 
+from agents.common import Args as TrainArgs
+from agents.common import UsageError, usage_error, validate
 from agents.evaluate import Args as EvalArgs
 from agents.evaluate import evaluate
-from agents.train import Args as TrainArgs
-from agents.train import UsageError, usage_error, validate
 from agents.train import main as train
 
 PROG = "python scripts/quickstart.py"
@@ -60,8 +61,10 @@ class Args:
     """folder of the run folders (TensorBoard: ``tensorboard --logdir <run_root>``)"""
     threads: int = 1
     """torch CPU threads"""
-    progress_bar: bool = False
-    """SB3's progress bar for each agent"""
+    progress_bar: bool = True
+    """SB3's progress bar for each agent (a line at every quarter of the run when stdout is not a terminal)"""
+    verbose: bool = False
+    """also print SB3's logger table after every rollout (they are in TensorBoard either way)"""
 
 
 def train_args(args: Args, memory: str) -> TrainArgs:
@@ -82,6 +85,7 @@ def train_args(args: Args, memory: str) -> TrainArgs:
         eval_episodes=50,
         run_root=args.run_root,
         progress_bar=args.progress_bar,
+        log_stdout=args.verbose,
         threads=args.threads,
     )
 

@@ -48,9 +48,9 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from tqdm.auto import tqdm
 
 import envs  # noqa: F401  (registers the ids)
-from agents.train import Args as TrainArgs
-from agents.train import build_model, make_env, memory_kind
-from agents.train import env_id as train_env_id
+from agents.common import Args as TrainArgs
+from agents.common import build_model, make_env, memory_kind
+from agents.common import env_id as train_env_id
 from ebmm_rl.rl import FAST_CORE
 from ebmm_rl.stats import mean_ci as t_mean_ci
 

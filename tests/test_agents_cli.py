@@ -75,12 +75,34 @@ def test_every_preset_names_its_family_and_a_known_memory():
         assert fields["memory"] in train.MEMORIES
 
 
+def test_the_library_half_imports_without_the_command_line():
+    code = (
+        "import sys, agents.common, agents.evaluate\n"
+        "assert 'agents.train' not in sys.modules, 'agents.common or agents.evaluate imports the CLI'\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
+    from agents import common
+
+    defined = [
+        n
+        for n, v in vars(common).items()
+        if not n.startswith("_") and getattr(v, "__module__", None) == common.__name__
+    ]
+    assert {"Args", "make_env", "build_model", "validate", "read_run", "MemoryKind", "UsageError"} <= set(defined)
+    for name in defined:  # every name agents.train had before the split is still there, the same object
+        assert getattr(train, name) is getattr(common, name), name
+    for name in ("MEMORIES", "SIDECAR", "CHECKPOINT", "RESUME_FIELDS", "PRESETS_DIR", "EpisodeMemoryWrapper"):
+        assert getattr(train, name) is getattr(common, name), name
+
+
 @pytest.mark.parametrize("memory", ["mlp", "ebmm"])
 def test_quickstart_agents_are_the_easy_presets(memory):
     preset = dataclasses.asdict(parse_args(["--preset", f"DelayedRecall-Easy/{memory}"]))
     used = dataclasses.asdict(quickstart.train_args(quickstart.Args(), memory))
     assert preset.pop("preset") == f"DelayedRecall-Easy/{memory}" and used.pop("preset") is None
-    assert preset.pop("progress_bar") and not used.pop("progress_bar")  # the quickstart prints its own table
+    assert preset.pop("log_stdout") and not used.pop("log_stdout")  # the quickstart prints its own table
     assert preset == used
 
 
@@ -280,6 +302,42 @@ def test_quickstart_prints_the_table(tmp_path):
     assert float(rows["oracle (plays the answer, 4 episodes)"].split("|")[2]) == 1.0
     assert f"TensorBoard: tensorboard --logdir {tmp_path}" in result.stdout
     assert sorted(p.name.split("__")[1] for p in tmp_path.iterdir()) == ["ebmm", "mlp"]
+    # a quiet first run: output that is not a terminal gets a few progress lines, no bar, no logger tables
+    lines = result.stdout.splitlines()
+    assert len(lines) <= 40 and "\r" not in result.stdout and result.stderr == ""
+    for agent in ("mlp", "ebmm"):
+        progress = [
+            line for line in lines if line.startswith(f"ebmm/DelayedRecall-Easy-v0 {agent}: ") and "% of " in line
+        ]
+        assert progress == [
+            line
+            for line in progress
+            if line.startswith(f"ebmm/DelayedRecall-Easy-v0 {agent}: 1024 steps (100% of 64), ")
+        ]
+    assert not [line for line in lines if line.startswith(("| time/", "| rollout/", "| train/"))]
+
+
+def test_quickstart_verbose_prints_the_logger_tables(tmp_path):
+    command = [sys.executable, "scripts/quickstart.py", "--agents", "mlp", "--total-timesteps", "2048",
+               "--eval-episodes", "4", "--run-root", str(tmp_path), "--verbose"]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert sum(line.startswith("| rollout/") for line in lines) == 2  # a table per rollout of 8 x 128 steps
+    assert sum(line.startswith("| time/") for line in lines) >= 2
+    progress = [line.split(": ")[1].split(")")[0] for line in lines if "% of " in line]
+    assert progress == ["1024 steps (50% of 2048", "2048 steps (100% of 2048"]  # the rollouts end at 50% and 100%
+
+
+@pytest.mark.parametrize("stdout_is_a_terminal", [True, False])
+def test_progress_bar_on_a_terminal_and_lines_elsewhere(monkeypatch, stdout_is_a_terminal):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: stdout_is_a_terminal)
+    lines, bar = train.progress_callbacks(train.Args())
+    if stdout_is_a_terminal:
+        assert (lines, bar) == ([], True)
+    else:
+        assert not bar and [type(c).__name__ for c in lines] == ["ProgressLines"]
+    assert train.progress_callbacks(train.Args(progress_bar=False)) == ([], False)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from ebmm_rl.energy import GatedRNNConfig, GatedRNNEnergy, MLPConfig, MLPEnergy
 from ebmm_rl.layers import EnergyNet, MemoryLinear
-from ebmm_rl.memory import EBMMConfig, EBMMemory, per_episode
+from ebmm_rl.memory import EBMMConfig, EBMMemory
+from tests.helpers import per_episode
 
 
 class QuadraticEnergy(EnergyNet):

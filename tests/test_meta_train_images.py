@@ -200,7 +200,7 @@ def test_script_runs_on_every_data_format_and_architecture(data_dir, tmp_path, d
     assert memory.data_shape == expected[dataset]
 
 
-def test_script_explains_missing_data_and_bad_budgets(tmp_path, data_dir, monkeypatch):
+def test_script_explains_missing_data_and_bad_budgets(tmp_path, data_dir, monkeypatch, capsys):
     script = load_script()
     monkeypatch.delenv("EBMM_DATA_DIR", raising=False)
     with pytest.raises(SystemExit, match=r"--data-dir"):
@@ -208,8 +208,9 @@ def test_script_explains_missing_data_and_bad_budgets(tmp_path, data_dir, monkey
     too_small = [*TINY_BUDGET, "--memory-size", "5", "--data-dir", str(data_dir)]
     with pytest.raises(SystemExit, match=r"--memory-size 5: .*below one memory unit"):
         script.main(script.tyro.cli(script.Args, args=[*too_small, "--run-dir", str(tmp_path / "r")]))
-    with pytest.raises(SystemExit, match="--resume needs --run-dir"):
+    with pytest.raises(SystemExit) as stop:
         script.main(script.tyro.cli(script.Args, args=[*TINY, "--resume"]))
+    assert stop.value.code == 2 and "--resume needs --run-dir" in capsys.readouterr().err  # a usage error
 
 
 def test_script_time_limit_status_lines_and_mnist_dir(data_dir, tmp_path, capsys):

@@ -30,17 +30,62 @@ TINY_BINARY = [
 def test_meta_train_binary_runs_and_resumes(tmp_path):
     run_dir = tmp_path / "run"
     out = run("scripts/meta_train_binary.py", *TINY_BINARY, "--steps", "2", "--run-dir", str(run_dir))
-    line = next(ln for ln in out.splitlines() if ln.startswith("N=3:"))
-    figures = re.search(r"N=3: ([\d.]+) error bits .* chance \(query returned\) ([\d.]+), Hebb rule ([\d.]+)", line)
+    line = out.splitlines()[-1]
+    figures = re.search(
+        r"^EBMM ([\d.]+) error bits at N = 3; same batches, 136-float Hopfield rules: Hebb ([\d.]+), Storkey ([\d.]+), "
+        r"pseudo-inverse ([\d.]+); chance \(query returned\) ([\d.]+)\.",
+        line,
+    )
     assert figures, line
-    model, chance, hebb = map(float, figures.groups())
-    assert 0 <= model <= 8 and 0 <= hebb <= 8  # only the 8 corrupted bits can be wrong
+    model, hebb, storkey, pseudo_inverse, chance = map(float, figures.groups())
+    assert all(0 <= v <= 8 for v in (model, hebb, storkey, pseudo_inverse))  # only the 8 corrupted bits can be wrong
     assert 2.5 < chance < 5.5  # half of the 8 random bits wrong on average (12 queries)
+    assert f"N=3: {model:.2f} error bits" in out
+    assert ("Not yet at a Hopfield rule after 2 steps" in line) == (model > max(hebb, storkey, pseudo_inverse))
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] == 2 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
     out = run("scripts/meta_train_binary.py", *TINY_BINARY, "--steps", "3", "--run-dir", str(run_dir), "--resume")
     assert "after 3 steps" in out
     assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"] == 3
+
+
+def test_meta_train_binary_off_a_terminal_prints_status_lines_and_the_rules_last(tmp_path):
+    args = [arg for arg in TINY_BINARY if arg != "--no-progress"]  # the default: a progress bar on a terminal
+    command = [sys.executable, "scripts/meta_train_binary.py", *args, "--steps", "20", "--log-every", "2",
+               "--status-every-s", "1e-9", "--run-dir", str(tmp_path / "run")]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "\r" not in result.stdout + result.stderr and "meta-train" not in result.stderr  # no tqdm bar in a pipe
+    status = [line for line in result.stdout.splitlines() if re.match(r"step \d+/20: loss", line)]
+    assert [line.split(":")[0] for line in status] == [f"step {k}/20" for k in range(2, 21, 2)]  # one per log step
+    assert len(result.stdout.splitlines()) <= len(status) + 4  # the header, the summary and the final line
+    final = result.stdout.splitlines()[-1]
+    for name in ("chance (query returned)", "Hebb", "Storkey", "pseudo-inverse"):
+        assert name in final
+
+
+def load_binary_script():
+    import runpy
+
+    return runpy.run_path(str(ROOT / "scripts" / "meta_train_binary.py"), run_name="not_main")
+
+
+def test_meta_train_binary_verdict_names_the_rules_beaten_or_the_way_on():
+    script = load_binary_script()
+    args = script["Args"](num_patterns=16, steps=300, device="cpu")
+    rules = {"Hebb": 0.35, "Storkey": 0.0, "pseudo-inverse": 0.0}
+    line = script["verdict"](args, 0.2, 31.9, rules, 300, "runs/x")
+    assert line.startswith("EBMM 0.20 error bits at N = 16; same batches, 8256-float Hopfield rules: Hebb 0.35, ")
+    assert line.endswith("; chance (query returned) 31.90. EBMM is at or below the Hebb rule.")
+    both = script["verdict"](args, 0.0, 31.9, rules, 300, "runs/x")
+    assert both.endswith("at or below the Hebb and Storkey and pseudo-inverse rules.")
+    finished = script["verdict"](args, 18.6, 31.9, rules, 300, "runs/x")
+    assert "Not yet at a Hopfield rule after 300 steps; a longer run: python scripts/meta_train_binary.py " in finished
+    assert "--num-patterns 16 --steps 2200." in finished and "2200 steps reached 0.1 error bits" in finished
+    stopped = script["verdict"](script["Args"](num_patterns=5, steps=900, device="cpu"), 20.0, 32.0, rules, 400, "r")
+    resume = "python scripts/meta_train_binary.py --run-dir r --resume --num-patterns 5 --steps 900"
+    assert f"after 400 steps; train on with: {resume}" in stopped
+    assert "docs/results.md" not in stopped  # no longer run recorded at N = 5
 
 
 def test_meta_train_binary_divergence_exits_1_and_names_the_step(tmp_path):
@@ -70,7 +115,8 @@ def test_meta_train_binary_stops_at_the_skipped_fraction_with_rollback_on(tmp_pa
 def test_meta_train_binary_final_line_counts_skips_and_a_finished_run_has_nothing_to_do(tmp_path):
     run_dir = tmp_path / "run"
     out = run("scripts/meta_train_binary.py", *TINY_BINARY, "--steps", "2", "--run-dir", str(run_dir))
-    assert "after 2 steps" in out and "0 of 2 steps skipped, 0 rollback(s)" in out.splitlines()[-1]
+    summary = next(line for line in out.splitlines() if line.startswith("N=3:"))
+    assert "after 2 steps" in out and "0 of 2 steps skipped, 0 rollback(s)" in summary
     before = (run_dir / "checkpoint.pt").read_bytes()
     for steps in ("2", "1"):
         out = run("scripts/meta_train_binary.py", *TINY_BINARY, "--steps", steps, "--run-dir", str(run_dir), "--resume")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import time
 from dataclasses import replace as dataclasses_replace
 from types import SimpleNamespace
@@ -298,6 +299,17 @@ def test_status_lines_without_a_progress_bar(capsys):
     assert "step 2/4" not in capsys.readouterr().out
     with pytest.raises(ValueError, match="status_every_s"):
         config(status_every_s=-1)
+
+
+def test_progress_bar_on_a_terminal_status_lines_elsewhere(capsys, monkeypatch):
+    MetaTrainer(tiny_memory(), sampler, config(steps=4, log_every=2, status_every_s=1e-9, progress=True)).train()
+    captured = capsys.readouterr()  # stderr is no terminal under pytest: lines, as without a bar
+    assert "meta-train" not in captured.err and "\r" not in captured.err
+    assert [ln.split(":")[0] for ln in captured.out.splitlines() if ln.startswith("step ")] == ["step 2/4", "step 4/4"]
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    MetaTrainer(tiny_memory(), sampler, config(steps=4, log_every=2, status_every_s=1e-9, progress=True)).train()
+    captured = capsys.readouterr()
+    assert "meta-train" in captured.err and "step 2/4" not in captured.out  # the bar, and no status lines beside it
 
 
 def exploding(memory: EBMMemory, bad_calls) -> None:
