@@ -276,6 +276,8 @@ def test_extractor_rejects_a_negative_cache_size():
     space = EpisodeMemoryWrapper(gym.make("ebmm/BinaryRecall-Easy-v0")).observation_space
     with pytest.raises(ValueError, match="cache_size"):
         EBMMExtractor(space, cache_size=-1)
+    with pytest.raises(TypeError, match="memory must be an ebmm_rl.rl.CoreConfig or a dict of its fields"):
+        EBMMExtractor(space, memory=5)
 
 
 @pytest.mark.parametrize(

@@ -93,6 +93,11 @@ class EBMMExtractor(HistoryFeaturesExtractor):
                 "memory=dict(...) takes fields of ebmm_rl.rl.CoreConfig (hidden_size, dynamic_size, ebmm=dict(...), "
                 "...), core=<MemoryCore or core checkpoint of scripts/meta_train_env.py> a pre-trained core"
             )
+        if memory is not None and not isinstance(memory, CoreConfig | dict):
+            raise TypeError(
+                f"memory must be an ebmm_rl.rl.CoreConfig or a dict of its fields (e.g. dict(hidden_size=32)), got "
+                f"{type(memory).__name__} {memory!r}"
+            )
         super().__init__(observation_space)
         if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
             raise ValueError(f"cache_size must be an integer >= 0 (0 disables the cache), got {cache_size!r}")
