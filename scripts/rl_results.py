@@ -321,6 +321,28 @@ def format_table(
     return "\n".join(lines)
 
 
+def speed_table(results: list[dict[str, Any]], env_ids: list[str], agents: list[str]) -> str:
+    """Markdown table: training env steps per CPU-second, mean over seeds, per env and agent.
+
+    The CPU time of training alone where a run recorded it (``train_cpu_seconds``), else of training and
+    evaluation (``cpu_seconds``, runs of older revisions), marked with ``*``.
+    """
+    lines = ["| env | " + " | ".join(agents) + " |", "|---|" + "---:|" * len(agents)]
+    for env_id in env_ids:
+        cells = []
+        for agent in agents:
+            runs = [r for r in results if r["env"] == env_id and r["agent"] == agent]
+            if not runs:
+                cells.append("–")
+                continue
+            train_only = all("train_cpu_seconds" in r for r in runs)
+            key = "train_cpu_seconds" if train_only else "cpu_seconds"
+            rate = float(np.mean([r["steps"] / r[key] for r in runs]))
+            cells.append(f"{rate:,.0f}" + ("" if train_only else "*"))
+        lines.append(f"| {env_id.removeprefix('ebmm/')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def parse_table(text: str) -> tuple[list[str], Stats, dict[str, tuple[float, float]], str]:
     """Read back the block that :func:`main` wrote into a markdown file (for :func:`plot_returns` without the runs).
 
@@ -334,8 +356,10 @@ def parse_table(text: str) -> tuple[list[str], Stats, dict[str, tuple[float, flo
     if BEGIN not in text or END not in text:
         raise ValueError(f"no generated block ({BEGIN} ... {END}) in the file: run rl_results.py --doc on it first")
     block = text[text.index(BEGIN) + len(BEGIN) : text.index(END)].strip()
-    rows = [line for line in block.splitlines() if line.startswith("|")]
-    note = " ".join(line for line in block.splitlines() if line.strip() and not line.startswith("|"))
+    lines = block.splitlines()
+    end = next((i for i, line in enumerate(lines) if not line.startswith("|")), len(lines))
+    rows = lines[:end]  # the returns table; a speed table may follow the note
+    note = " ".join(line for line in lines[end:] if line.strip() and not line.startswith("|"))
     header = [c.strip() for c in rows[0].strip("|").split("|")]
     if header[0] != "env" or header[-2:] != ["chance", "oracle"]:
         raise ValueError(f"not a results table: header {header}")
@@ -503,7 +527,9 @@ def main(args: Args) -> str:
         f"{setting}. Training and evaluation took {cpu_minutes:.0f} CPU min ({wall_minutes:.0f} min "
         f"wall) in total ({args.threads} torch thread, {platform.machine()}, torch {torch.__version__})."
     )
-    block = f"{table}\n\n{note}"
+    speed = speed_table(results, list(args.envs), list(args.agents))
+    speed_note = "Training env steps per CPU-second (mean over seeds; * training and evaluation):"
+    block = f"{table}\n\n{note}\n\n{speed_note}\n\n{speed}"
     out = Path(args.out) if args.out else out_dir / "table.md"
     out.write_text(block + "\n")
     if args.doc:

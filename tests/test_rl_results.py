@@ -145,3 +145,14 @@ def test_replot_needs_plot(tmp_path):
     done = subprocess.run([sys.executable, "scripts/rl_results.py", "--replot", "docs/rl_results.md"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode != 0 and "--plot" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_speed_table_by_hand():
+    runs = [
+        dict(env="ebmm/A-v0", agent="x", steps=1000, train_cpu_seconds=2.0, cpu_seconds=4.0),
+        dict(env="ebmm/A-v0", agent="x", steps=1000, train_cpu_seconds=4.0, cpu_seconds=5.0),
+        dict(env="ebmm/A-v0", agent="old", steps=900, cpu_seconds=3.0),  # an older run: training and evaluation
+    ]
+    table = rl_results.speed_table(runs, ["ebmm/A-v0", "ebmm/B-v0"], ["x", "old"])
+    assert table.splitlines()[2] == "| A-v0 | 375 | 300* |"  # (500 + 250) / 2; 900 / 3
+    assert table.splitlines()[3] == "| B-v0 | – | – |"
