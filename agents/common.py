@@ -873,6 +873,9 @@ def validate(args: Args) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if args.dynamic_size > args.hidden_size:
         raise UsageError(f"--dynamic-size ({args.dynamic_size}) must not exceed --hidden-size ({args.hidden_size})")
+    if args.memory_prior not in (None, "auto") and not Path(args.memory_prior).is_file():
+        raise UsageError(f"--memory-prior {args.memory_prior}: no such file (auto, None, or a prior file of "
+                         "scripts/meta_train_prior.py)")  # fmt: skip
     bad_heads = [h for h in args.heads if h not in HEAD_KINDS]
     if not args.heads or bad_heads:
         raise UsageError(f"--heads takes one or more of {', '.join(HEAD_KINDS)}; got {list(args.heads)}")

@@ -134,6 +134,7 @@ def test_preset_from_a_yaml_file(tmp_path):
         (["--aux-coef", "-1"], "--aux-coef must be"),
         (["--memory", "ebmm-recurrent", "--bptt-steps", "0"], "--bptt-steps must be at least 1"),
         (["--heads", "time", "space"], "--heads takes one or more of time, content, key, first"),
+        (["--memory-prior", "missing.pt"], "--memory-prior missing.pt: no such file"),
         (["--dynamic-size", "128"], "--dynamic-size (128) must not exceed --hidden-size"),
         (["--memory", "ebmm-recurrent", "--bptt-steps", "0"], "--bptt-steps must be at least 1"),
         *([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA device")]),
