@@ -470,7 +470,9 @@ def main(args: Args) -> str:
         return ""
     for env_id in args.envs:
         for agent in args.agents:
-            agent_args(env_id, agent, args.meta_dir)  # fail before training anything
+            done = all(result_path(args.out_dir, env_id, agent, seed, args.steps).exists() for seed in args.seeds)
+            if not (agent == OLD_AGENT and done):  # the old design's runs come from its revision
+                agent_args(env_id, agent, args.meta_dir)  # fail before training anything
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     overrides = {
