@@ -755,3 +755,15 @@ def test_the_value_loss_trains_the_core_only_when_asked(critic_gradient):
     policy.zero_grad()
     log_prob.sum().backward()  # the actor's loss always reaches the core
     assert sum(float(p.grad.abs().sum()) for p in policy.core.parameters() if p.grad is not None) > 0
+
+
+def test_an_observation_of_another_shape_than_the_space_names_the_step():
+    class Shifty(SpaceEnv):
+        def step(self, action):
+            obs, reward, done, truncated, info = super().step(action)
+            return np.zeros(4, np.float32), reward, done, truncated, info  # the space says 3 entries
+
+    env = EpisodeMemoryWrapper(Shifty(SPACES["box"], length=5), max_patterns=4)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="step 1 of the episode: the observation flattens to 4 entries.*to 3"):
+        env.step(0)

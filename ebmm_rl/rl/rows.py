@@ -240,9 +240,22 @@ class RowLayout:
         """``[D]`` float32 row in ``data_range``; ``action``/``reward`` ``None`` (before the first step) give zeros.
 
         Raises:
-            ValueError: the observation, action or reward holds NaN or inf (the message names ``where``).
+            ValueError: the observation, action or reward holds NaN or inf, or does not have the space's shape (the
+                message names ``where``).
         """
-        flat = self.flatten_numpy(observation, action, reward)
+        try:
+            flat = self.flatten_numpy(observation, action, reward)
+        except ValueError as error:  # numpy's broadcast error names no space
+            raise ValueError(
+                f"{where}: the observation does not fit the env's observation space {self.observation_space} "
+                f"({error}); an env must return observations of its declared space at reset and at every step"
+            ) from None
+        if flat.shape != self.scale.shape:
+            raise ValueError(
+                f"{where}: the observation flattens to {flat.shape[0]} entries, the env's observation space "
+                f"{self.observation_space} to {self.scale.shape[0]}; an env must return observations of its declared "
+                "space at reset and at every step"
+            )
         check_finite(flat, where)
         flat = np.where(self.squashed, np.tanh(flat / self.squash_scale), flat)
         return np.clip(flat * self.scale + self.offset, *self.data_range).astype(np.float32)
