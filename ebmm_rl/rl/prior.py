@@ -23,6 +23,7 @@ loads with ``weights_only=True`` and only into a core of the same architecture.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -127,14 +128,19 @@ def load_prior(core: MemoryCore, path: str | os.PathLike) -> None:
 def shipped_prior(core: MemoryCore) -> Path | None:
     """The shipped prior file that fits ``core``'s architecture, or ``None``."""
     wanted = prior_architecture(core)
+    return next((path for path, architecture in _shipped() if architecture == wanted), None)
+
+
+@functools.cache
+def _shipped() -> tuple[tuple[Path, dict[str, Any]], ...]:
+    """``(file, architecture)`` of every shipped prior, read once per process (data only)."""
+    found = []
     for path in sorted(PRIOR_DIR.glob("*.pt")):
         try:
-            architecture = torch.load(path, map_location="cpu", weights_only=True)["architecture"]
+            found.append((path, torch.load(path, map_location="cpu", weights_only=True)["architecture"]))
         except Exception:  # noqa: BLE001, S112  (a damaged package file is skipped, never executed)
             continue
-        if architecture == wanted:
-            return path
-    return None
+    return tuple(found)
 
 
 def head_masks(core: MemoryCore) -> Tensor:
