@@ -9,6 +9,8 @@ checkpoint.
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -111,3 +113,16 @@ def train_or_exit(trainer: MetaTrainer, resume: bool = False) -> dict[str, Any]:
             last = f"{path} (step {int(load_checkpoint(path)['step'])})"
         print(f"error: {error}\nlast healthy checkpoint: {last}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def train_and_report(
+    trainer: MetaTrainer, evaluate: Callable[[torch.nn.Module], dict[str, float]], resume: bool = False
+) -> dict[str, Any]:
+    """Print ``evaluate`` of the model before training, train (:func:`train_or_exit`), print the result after it."""
+    before = evaluate(trainer.memory)
+    print("before: " + ", ".join(f"{k} {v:.4f}" for k, v in before.items()))
+    start = time.process_time()
+    after = train_or_exit(trainer, resume=resume)
+    print(f"after {trainer.step} meta-steps ({(time.process_time() - start) / 60:.1f} CPU min): "
+          + ", ".join(f"{k} {v:.4f}" for k, v in after.items()))  # fmt: skip
+    return after

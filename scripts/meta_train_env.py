@@ -18,7 +18,6 @@ core (architecture and weights), so the agent takes them from it. Resume a kille
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import gymnasium as gym
 import torch
 import tyro
 
-from ebmm_rl.cli import RunArgs, start_run, train_or_exit, usage_error
+from ebmm_rl.cli import RunArgs, start_run, train_and_report, usage_error
 from ebmm_rl.rl.core import CoreConfig, MemoryCore
 from ebmm_rl.rl.pretrain import EpisodeRows, pretrain_forward, recall_metrics
 from ebmm_rl.training import MetaTrainer, TrainConfig
@@ -176,15 +175,10 @@ def main(args: Args) -> dict[str, float]:
     print(f"{args.env}: rows of {train_rows.row_size} entries; core memory size {core.memory.memory_size} floats, "
           f"rows [position {core.position_size} | key {core.key_size} | value {core.value_size}]; "
           f"{len(train_rows.episodes)} episodes ({steps} steps) collected; run folder {run_dir}")  # fmt: skip
-    before = evaluate(core)
-    print("before: " + ", ".join(f"{k} {v:.4f}" for k, v in before.items()))
     config = TrainConfig.from_args(args)
     trainer = MetaTrainer(core, sample, config, run_dir=run_dir, hparams=asdict(args), evaluate=evaluate,
                           forward=pretrain_forward)  # fmt: skip
-    start = time.process_time()
-    after = train_or_exit(trainer, resume=args.resume)
-    print(f"after {trainer.step} meta-steps ({(time.process_time() - start) / 60:.1f} CPU min): "
-          + ", ".join(f"{k} {v:.4f}" for k, v in after.items()))  # fmt: skip
+    after = train_and_report(trainer, evaluate, resume=args.resume)
     route = "ebmm-recurrent" if args.action_reward else "ebmm (or ebmm-recurrent with RecurrentPPO)"
     print(f"use it: python -m agents.train --env {args.env} --memory {route} --memory-checkpoint {run_dir / 'best.pt'}")
     return after

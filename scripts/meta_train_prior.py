@@ -14,14 +14,13 @@ Resume a killed run with ``--resume --run-dir <folder>``; TensorBoard: ``tensorb
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import tyro
 
-from ebmm_rl.cli import RunArgs, start_run, train_or_exit, usage_error
+from ebmm_rl.cli import RunArgs, start_run, train_and_report, usage_error
 from ebmm_rl.rl.core import FAST_CORE, CoreConfig, MemoryCore
 from ebmm_rl.rl.prior import prior_forward, save_prior, synthetic_rows
 from ebmm_rl.training import MetaTrainer, TrainConfig
@@ -99,15 +98,10 @@ def main(args: Args) -> dict[str, float]:
     print(f"memory prior of the {'FAST_CORE' if args.fast else 'default'} core: rows [position {core.position_size} "
           f"| key {core.key_size} | value {core.value_size}], {core.memory.memory_size} writable floats; windows of "
           f"{args.window} rows; run folder {run_dir}")  # fmt: skip
-    before = evaluate(core)
-    print("before: " + ", ".join(f"{k} {v:.4f}" for k, v in before.items()))
     config = TrainConfig.from_args(args)
     trainer = MetaTrainer(core, sample, config, run_dir=run_dir, hparams=asdict(args), evaluate=evaluate,
                           forward=prior_forward)  # fmt: skip
-    start = time.process_time()
-    after = train_or_exit(trainer, resume=args.resume)
-    print(f"after {trainer.step} meta-steps ({(time.process_time() - start) / 60:.1f} CPU min): "
-          + ", ".join(f"{k} {v:.4f}" for k, v in after.items()))  # fmt: skip
+    after = train_and_report(trainer, evaluate, resume=args.resume)
     if args.export:
         save_prior(trainer.memory.cpu(), args.export)
         print(f"prior written to {args.export}")
